@@ -1,0 +1,147 @@
+"""``clipper-nb serve``: the Engine behind a standalone Tornado application.
+
+:class:`Server` runs in the foreground (the CLI) or on a background thread
+(``clipper-nb demo``, tests, notebooks without Jupyter) and always stops every
+worker it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import threading
+from typing import Any
+
+import tornado.httpserver
+import tornado.web
+
+from . import api
+from .engine import Engine, EngineConfig
+
+log = logging.getLogger("clipper_nb.server")
+
+#: Deploy bodies carry whole models; query bodies are checked against a smaller limit.
+MAX_BODY_BYTES = 2 << 30
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def make_app(engine: Engine, token: str | None, public_predict: bool = False, prefix: str = "/",
+             extra_routes: list | None = None) -> tornado.web.Application:
+    """A Tornado application serving the query, management and metrics APIs under ``prefix``."""
+    handlers = []
+    for pattern, mixin in api.routes():
+        cls = type(mixin.__name__, (mixin, api.TokenAuthHandler), {"access": mixin.access})
+        handlers.append((prefix + pattern, cls))
+    handlers.extend(extra_routes or [])
+    handlers.append((prefix + ".*", type("NotFound", (api.NotFoundHandler, api.TokenAuthHandler),
+                                         {"access": "predict"})))
+    return tornado.web.Application(handlers, clipper_engine=engine, clipper_token=token,
+                                   clipper_public_predict=public_predict, compress_response=False)
+
+
+class Server:
+    """An Engine and its HTTP frontend on one event loop.
+
+    >>> with Server(state_dir="/tmp/s", port=0).start_in_thread() as srv:   # doctest: +SKIP
+    ...     client = srv.client()
+    """
+
+    def __init__(self, state_dir: str, host: str = "127.0.0.1", port: int = 1337, token: str | None = None,
+                 public_predict: bool = False, **engine_options: Any) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.token = token if token is not None else secrets.token_urlsafe(24)
+        self.public_predict = public_predict
+        self.engine_config = EngineConfig(state_dir=state_dir, **engine_options)
+        self.engine: Engine | None = None
+        self._http: tornado.httpserver.HTTPServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self, wait_ready: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self.engine = Engine(self.engine_config)
+        await self.engine.start(wait=wait_ready)
+        app = make_app(self.engine, self.token, self.public_predict)
+        self._http = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
+        self._http.listen(self.port, self.host)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.stop()
+            await self._http.close_all_connections()
+            self._http = None
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        await self.start(wait_ready=False)
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ background thread
+    def start_in_thread(self, timeout: float = 120.0) -> "Server":
+        """Run on a daemon thread with its own loop; returns once the server listens."""
+        started = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                try:
+                    await self.start()
+                except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+                    error.append(e)
+                    started.set()
+                    return
+                started.set()
+                assert self._stopped is not None
+                await self._stopped.wait()
+
+            loop.run_until_complete(main())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="clipper-nb-server", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout):
+            raise TimeoutError("the clipper-nb server did not start")
+        if error:
+            raise error[0]
+        return self
+
+    def stop_thread(self, timeout: float = 30.0) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.stop(), self._loop)
+        fut.result(timeout)
+        self._thread.join(timeout)
+
+    def client(self):
+        from .client import Client
+
+        return Client(self.url, token=self.token)
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_thread()

@@ -1,0 +1,134 @@
+"""A model container: one OS process per replica (``python -m clipper_nb.worker``).
+
+Protocol (ZeroMQ DEALER here, ROUTER at the frontend; every message is multipart):
+
+=========================================  ==========================================
+worker -> frontend                         frontend -> worker
+=========================================  ==========================================
+``hello, {pid, device, versions}``         ``batch, id, header, payload``
+``load_error, {error, traceback}``         ``hb``      (the frontend is alive)
+``result, id, {n, compute_ms}, hdr, data`` ``stop``
+``error, id, {error, traceback}``
+``hb``      (idle and alive)
+=========================================  ==========================================
+
+The worker exits when the frontend's heartbeats stop (even after ``kill -9`` of the
+server it must not linger) and, on Linux, when its parent dies (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+
+import zmq
+
+from . import artifact, codec
+
+HEARTBEAT_S = 0.5
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the process that started us dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def _send_json(sock: zmq.Socket, kind: bytes, *frames: bytes, body: dict) -> None:
+    sock.send_multipart([kind, *frames, json.dumps(body).encode()])
+
+
+def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend_timeout_s: float) -> int:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(frontend)
+    try:
+        with open(os.path.join(artifact_dir, "meta.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(artifact_dir, "model.pkl"), "rb") as f:
+            payload = f.read()
+        predictor = artifact.load(payload, meta, device)
+    except BaseException as e:  # noqa: BLE001 - report any load failure, then exit
+        _send_json(sock, b"load_error", body={"error": artifact.format_exception(e),
+                                              "traceback": traceback.format_exc(limit=8)})
+        sock.close()
+        return 3
+    _send_json(sock, b"hello", body={"pid": os.getpid(), "device": predictor.device,
+                                     "versions": artifact.library_versions()})
+    last_heard = time.monotonic()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        if poller.poll(HEARTBEAT_S * 1000):
+            frames = sock.recv_multipart(copy=False)
+            last_heard = time.monotonic()
+            kind = frames[0].bytes
+            if kind == b"batch":
+                _run_batch(sock, predictor, frames)
+            elif kind == b"stop":
+                break
+        else:
+            sock.send(b"hb")
+        if time.monotonic() - last_heard > frontend_timeout_s:
+            print(f"clipper-nb worker {identity}: frontend silent for {frontend_timeout_s:.0f}s, exiting",
+                  file=sys.stderr)
+            break
+    sock.close()
+    return 0
+
+
+def _run_batch(sock: zmq.Socket, predictor: artifact.Predictor, frames: list) -> None:
+    batch_id = frames[1].bytes
+    try:
+        batch = codec.decode_batch(frames[2].bytes, frames[3].buffer)
+        n = len(batch)
+        start = time.perf_counter()
+        outputs = predictor.predict(batch)
+        compute_ms = (time.perf_counter() - start) * 1000
+        if isinstance(outputs, (list, tuple)) or hasattr(outputs, "__len__"):
+            got = len(outputs)
+        else:
+            raise TypeError(f"the model returned {type(outputs).__name__}, not a list or array of outputs")
+        if got != n:
+            raise ValueError(f"the model returned {got} outputs for a batch of {n} inputs; "
+                             "it must return exactly one output per input")
+        if not isinstance(outputs, (list, tuple)) and not hasattr(outputs, "dtype"):
+            outputs = list(outputs)
+        out_frames = codec.encode_outputs(outputs)
+    except Exception as e:  # noqa: BLE001 - a failing model fails its own queries only
+        _send_json(sock, b"error", batch_id, body={"error": artifact.format_exception(e),
+                                                   "traceback": traceback.format_exc(limit=6)})
+        return
+    header = json.dumps({"n": n, "compute_ms": compute_ms}).encode()
+    sock.send_multipart([b"result", batch_id, header, *out_frames], copy=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipper_nb.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--frontend", required=True, help="ZeroMQ address of the frontend's ROUTER socket")
+    parser.add_argument("--identity", required=True, help="this replica's name on the socket")
+    parser.add_argument("--artifact", required=True, help="folder holding model.pkl and meta.json")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--frontend-timeout", type=float, default=10.0,
+                        help="exit when the frontend is silent this many seconds")
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    return serve(args.frontend, args.identity, args.artifact, args.device, args.frontend_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
