@@ -55,4 +55,8 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 def _jupyter_server_extension_points() -> list[dict]:
-    return [{"module": "clipper_nb.server_ext"}]
+    # Imported here, not at module level: workers and plain clients never pay for
+    # jupyter_server. The "app" key makes Jupyter call ClipperNB.stop_extension on shutdown.
+    from .server_ext import ClipperNB
+
+    return [{"module": "clipper_nb.server_ext", "app": ClipperNB}]

@@ -331,10 +331,27 @@ def routes() -> list[tuple[str, type]]:
         (r"api/status", StatusHandler),
         (r"api/metrics", MetricsJSONHandler),
         (r"metrics", PrometheusHandler),
+        *_optional_routes(),
     ]
 
 
+def _optional_routes() -> list[tuple[str, type]]:
+    """Routes of modules that may be absent in a minimal install (the dashboard page)."""
+    try:
+        from .dashboard import routes as dashboard_routes
+    except ImportError:
+        return []
+    return dashboard_routes()
+
+
 # ====================================================================== standalone auth
+
+
+def _login_cookie_value(token: str) -> str:
+    """A value derived from the token (not the token: a cookie is not a bearer token)."""
+    import hashlib
+
+    return hmac.new(token.encode(), b"clipper-nb browser login", hashlib.sha256).hexdigest()
 
 
 class TokenAuthHandler(tornado.web.RequestHandler):
@@ -353,11 +370,31 @@ class TokenAuthHandler(tornado.web.RequestHandler):
         if self.access == "predict" and self.settings.get("clipper_public_predict"):
             return
         given = self._given_token()
+        if given is None and self._login_cookie_ok(token):
+            return
         if given is None:
             raise Unauthorized("this endpoint needs a token",
                                "send the header 'Authorization: token <TOKEN>' (printed by clipper-nb serve)")
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise Forbidden("the token is wrong", "use the token clipper-nb serve printed or was given")
+        if self.request.method == "GET" and self.get_query_argument("token", None) is not None:
+            # A browser opened a page (the dashboard) with ?token=...: log it in, as
+            # Jupyter does, so the page's own requests and reloads need no token.
+            self.set_cookie(self._login_cookie_name(), _login_cookie_value(token), httponly=True,
+                            samesite="Strict")
+
+    def _login_cookie_name(self) -> str:
+        # Cookies ignore ports: one name per port keeps two local servers apart.
+        port = "".join(ch for ch in self.request.host.rpartition(":")[2] if ch.isalnum())
+        return f"clipper-nb-login-{port or 'default'}"
+
+    def _login_cookie_ok(self, token: str) -> bool:
+        """The browser login cookie stands in for the token on reads only (GET/HEAD):
+        cookies ride along on cross-site requests, and no read changes anything."""
+        if self.request.method not in ("GET", "HEAD"):
+            return False
+        cookie = self.get_cookie(self._login_cookie_name())
+        return cookie is not None and hmac.compare_digest(cookie.encode(), _login_cookie_value(token).encode())
 
     def _given_token(self) -> str | None:
         auth = self.request.headers.get("Authorization", "")

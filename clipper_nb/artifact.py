@@ -38,8 +38,10 @@ def detect_kind(obj: Any) -> str:
 
         if isinstance(obj, torch.nn.Module):
             return "torch"
-    if type(obj).__module__.split(".")[0] == "sklearn" or (
-        hasattr(obj, "fit") and any(hasattr(obj, m) for m in SKLEARN_METHODS)
+    # Duck typing: anything with an estimator's prediction method is served like one
+    # (xgboost, lightgbm and hand-written models share scikit-learn's interface).
+    if type(obj).__module__.split(".")[0] == "sklearn" or any(
+        callable(getattr(obj, m, None)) for m in SKLEARN_METHODS
     ):
         return "sklearn"
     if callable(obj):
@@ -104,6 +106,8 @@ def _register_local_modules(obj: Any) -> list[str]:
     names = set()
     for cls in type(obj).__mro__:
         names.add(cls.__module__)
+    if isinstance(getattr(obj, "__module__", None), str):  # a function from a local module
+        names.add(obj.__module__)
     if hasattr(obj, "modules") and callable(obj.modules):  # torch: every submodule's class
         try:
             names.update(type(m).__module__ for m in obj.modules())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,6 +23,12 @@ SLO_FRACTION = 0.45
 DEFAULT_STEP = 4.0
 DEFAULT_BACKOFF = 0.9
 DEFAULT_MAX_CAP = 4096
+#: Batches the drop estimate looks back over (see ``AIMDController.expected_latency_s``).
+RECENT_BATCHES = 8
+#: A replica that has run no batch for this long re-measures instead of dropping.
+PROBE_AFTER_S = 1.0
+#: Delayed batching ends this much early: timers do not fire to the microsecond.
+_TIMER_SLACK_S = 0.0002
 
 
 def objective_for_slo(slo_s: float, delay_s: float = 0.0, fraction: float = SLO_FRACTION) -> float:
@@ -77,6 +84,18 @@ class AIMDController:
 
     def set_objective(self, objective_s: float) -> None:
         self.objective_s = objective_s
+
+    def expected_latency_s(self, idle_s: float = 0.0) -> float:
+        """What the next batch should take, for dropping queries that cannot make it.
+
+        The fastest of the last few batches, so one slow batch (a warm-up, a GC pause)
+        does not condemn every query behind it; and 0 once the replica has run nothing
+        for ``PROBE_AFTER_S`` (``idle_s``), so a replica whose queries were all being
+        dropped runs one batch and re-measures instead of dropping them forever.
+        """
+        if idle_s > PROBE_AFTER_S or not self.history:
+            return 0.0
+        return min(lat for _, lat in itertools.islice(reversed(self.history), RECENT_BATCHES))
 
 
 class DeadlineMissed(Exception):
@@ -139,25 +158,36 @@ class BatchQueue:
         except asyncio.TimeoutError:
             pass
 
-    async def get_batch(self, max_size: int, delay_s: float = 0.0, expected_latency_s: float = 0.0) -> list[QueuedQuery]:
-        """Wait for and return between 1 and ``max_size`` live queries."""
+    async def get_batch(self, max_size: int, delay_s: float = 0.0,
+                        expected_latency_s: float | Callable[[], float] = 0.0) -> list[QueuedQuery]:
+        """Wait for and return between 1 and ``max_size`` live queries.
+
+        ``expected_latency_s`` may be a function, asked again before each cut: an
+        estimate that only changes when a batch runs would otherwise never change.
+        """
+        estimate = expected_latency_s if callable(expected_latency_s) else (lambda v=expected_latency_s: v)
         while True:
             while not self._items:
                 await self._wait(None)
+            expected = estimate()
+            cut_at = None
             if len(self._items) < max_size and delay_s > 0:
                 now = self.clock()
                 earliest = min(q.deadline for q in self._items)
-                until = min(now + delay_s, earliest - expected_latency_s)
-                while len(self._items) < max_size and (remaining := until - self.clock()) > 0.0002:
+                until = min(now + delay_s, earliest - expected - _TIMER_SLACK_S)
+                while len(self._items) < max_size and (remaining := until - self.clock()) > _TIMER_SLACK_S:
                     await self._wait(remaining)
                 if not self._items:
                     continue  # another replica took them while we waited
-            batch = self._cut(max_size, expected_latency_s)
+                # Judge lateness as of when the delay was meant to end: timers fire a
+                # little late, and waiting must not turn an on-time query into a drop.
+                cut_at = min(self.clock(), max(now, until))
+            batch = self._cut(max_size, expected, cut_at)
             if batch:
                 return batch
 
-    def _cut(self, max_size: int, expected_latency_s: float) -> list[QueuedQuery]:
-        now = self.clock()
+    def _cut(self, max_size: int, expected_latency_s: float, now: float | None = None) -> list[QueuedQuery]:
+        now = self.clock() if now is None else now
         batch: list[QueuedQuery] = []
         items = self._items
         while items and len(batch) < max_size:

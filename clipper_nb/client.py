@@ -24,6 +24,7 @@ from .errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, M
 
 _BY_STATUS = {400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
               500: ModelError, 503: Unavailable}
+_BY_NAME = {cls.__name__: cls for cls in (*_BY_STATUS.values(), DeployError, UserError, ClipperError)}
 
 
 class Client:
@@ -64,7 +65,8 @@ class Client:
         except ValueError:
             payload = {"error": r.text[:500] or r.reason, "cause": f"HTTP {r.status_code}"}
         if r.status_code >= 400:
-            exc = _BY_STATUS.get(r.status_code, UserError if r.status_code < 500 else ClipperError)
+            exc = _BY_NAME.get(payload.get("type")) or _BY_STATUS.get(
+                r.status_code, UserError if r.status_code < 500 else ClipperError)
             err = exc(payload.get("error", r.reason), payload.get("cause"))
             err.status = r.status_code
             raise err
@@ -109,17 +111,19 @@ class Client:
                              params={"context": context} if context else None)
 
     # ------------------------------------------------------------------ models
-    def deploy(self, obj: Any, name: str, version: str | None = None, app: str | None = None, replicas: int = 1,
+    def deploy(self, obj: Any, name: str, version: str | None = None, app: str | None = None,
+               replicas: int | None = None,
                device: str = "auto", method: str | None = None, batch_size: int | None = None,
                max_batch_size: int | None = None, slo_ms: float | None = None, *,
                input_type: str | None = None, batch_delay_ms: float | None = None, default_output: Any = None,
                timeout: float = 300.0) -> dict:
         """Deploy a live object (scikit-learn estimator, ``torch.nn.Module`` or a function
         ``batch -> list of outputs``) as a new version of model ``name``; returns once every
-        replica has loaded it. ``app=...`` registers the app when missing and links it."""
+        replica has loaded it. ``app=...`` registers the app when missing and links it.
+        ``replicas=None`` keeps the current version's replica count (1 for a new model)."""
         payload, meta = artifact.package(obj, method)
-        spec: dict[str, Any] = {"name": name, "meta": meta, "replicas": replicas, "device": device}
-        for key, value in (("version", version), ("app", app), ("batch_size", batch_size),
+        spec: dict[str, Any] = {"name": name, "meta": meta, "device": device}
+        for key, value in (("version", version), ("replicas", replicas), ("app", app), ("batch_size", batch_size),
                            ("max_batch_size", max_batch_size), ("slo_ms", slo_ms), ("input_type", input_type),
                            ("batch_delay_ms", batch_delay_ms), ("default_output", default_output)):
             if value is not None:

@@ -251,8 +251,13 @@ class Deployment:
 
     async def _replica_loop(self, slot: _Slot, replica: Replica, controller: AIMDController) -> None:
         cfg, queue, metrics = self.config, self.queue, self.metrics
+        last_batch_end = time.monotonic()
+
+        def expected_latency() -> float:
+            return controller.expected_latency_s(time.monotonic() - last_batch_end)
+
         while replica.state in ("idle", "busy"):
-            items = await queue.get_batch(controller.limit(), cfg.batch_delay_s, controller.latency_ewma_s)
+            items = await queue.get_batch(controller.limit(), cfg.batch_delay_s, expected_latency)
             if replica.state != "idle":
                 queue.put_front(items)
                 return
@@ -269,7 +274,8 @@ class Deployment:
                                                           f"{e.message.removeprefix('the model failed: ')}",
                                                           e.cause))
                 continue
-            latency = time.monotonic() - start
+            last_batch_end = time.monotonic()
+            latency = last_batch_end - start
             controller.observe(len(items), latency)
             for q, out in zip(items, outputs):
                 if not q.future.done():

@@ -326,7 +326,7 @@ class Engine:
 
     # ================================================================== models
     async def deploy(self, name: str, payload: bytes, meta: dict, *, version: str | None = None,
-                     replicas: int = 1, device: str = "auto", batch_size: int | None = None,
+                     replicas: int | None = None, device: str = "auto", batch_size: int | None = None,
                      max_batch_size: int | None = None, batch_delay_ms: float | None = None,
                      app: str | None = None, slo_ms: float | None = None, input_type: str | None = None,
                      default_output: Any = None) -> dict:
@@ -336,6 +336,8 @@ class Engine:
         that cannot load the artifact fails the deploy with the cause.
         """
         check_name("model", name)
+        if replicas is None:  # a new version keeps the running one's replica count
+            replicas = self.models[name]["replicas"] if name in self.models else 1
         replicas = _check_int("replicas", replicas, 0, 64)
         if batch_size is not None:
             batch_size = _check_int("batch_size", batch_size, 1, self.config.max_batch_rows)
@@ -585,10 +587,13 @@ class Engine:
         else:
             chosen = policy.select(self._state(app.name, context), self._rng)
         futures: dict[str, asyncio.Future] = {}
+        # Without straggler mitigation the query waits for every model (up to 60 s below),
+        # so the batcher must not drop a slow model's share of it at the SLO deadline.
+        model_deadline = deadline if app.straggler_mitigation or len(chosen) == 1 else loop.time() + 60.0
         for m in chosen:
             dep = self.deployments.get(m)
             if dep is not None:
-                futures[m] = dep.submit(x, deadline, use_cache=app.cache)
+                futures[m] = dep.submit(x, model_deadline, use_cache=app.cache)
         if not futures:
             return self._default(app, qid, start, f"model(s) {', '.join(chosen)} are not running")
         cache_hit = all(f.done() for f in futures.values())
@@ -677,8 +682,14 @@ class Engine:
         losses = {}
         for m, f in futures.items():
             if f.done() and f.exception() is None:
+                output = to_jsonable(f.result())
+                # zero_one compares anything, so a label of another type than the outputs
+                # ("3" for 3) would silently count as every model being wrong.
+                if app.loss == "zero_one" and output is not None and _json_kind(output) != _json_kind(label):
+                    raise BadInput(f"label {label!r} is a {_json_kind(label)} but model {m!r} answers a "
+                                   f"{_json_kind(output)}", "send the label as the models' output type")
                 try:
-                    losses[m] = float(loss_fn(to_jsonable(f.result()), label))
+                    losses[m] = float(loss_fn(output, label))
                 except Exception as e:  # noqa: BLE001 - a label the loss cannot compare with
                     raise BadInput(f"cannot compare label {label!r} with model {m!r}'s output: {e}") from None
         if not losses:
@@ -738,6 +749,17 @@ def _normalised(log_weights: dict[str, float]) -> dict[str, float]:
     w = {m: math.exp(v - top) for m, v in log_weights.items()}
     total = sum(w.values())
     return {m: v / total for m, v in w.items()}
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON type of a label or output: bool, number, string, list or object."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else type(value).__name__
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:

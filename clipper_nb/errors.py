@@ -28,7 +28,7 @@ class ClipperError(Exception):
         self.cause = cause
 
     def to_json(self) -> dict:
-        return {"error": self.message, "cause": self.cause or type(self).__name__}
+        return {"error": self.message, "cause": self.cause or type(self).__name__, "type": type(self).__name__}
 
 
 class UserError(ClipperError):

@@ -1,0 +1,17 @@
+"""The Jupyter server extension (``import clipper_nb.server_ext``).
+
+Enabled on install by ``etc/jupyter/jupyter_server_config.d/clipper_nb.json``; check
+with ``jupyter server extension list``. The APIs of ``clipper-nb serve`` are mounted
+under ``{base_url}clipper/`` behind Jupyter's authentication; configuration is the
+:class:`ClipperNB` application's traits (``c.ClipperNB.state_dir``, ...).
+"""
+
+from __future__ import annotations
+
+from .app import ClipperNB
+
+__all__ = ["ClipperNB"]
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "clipper_nb.server_ext", "app": ClipperNB}]

@@ -1,0 +1,180 @@
+"""The pure part of a dashboard tick: a ``/api/metrics`` snapshot in, new points out.
+
+A live view polls ``GET api/metrics?since=T`` and hands the JSON to :func:`tick`
+together with a :class:`Cursor` (what it has streamed so far). :func:`tick` returns
+the columns to append to each plot's data source, the numbers for the header and
+the next cursor. It does no I/O and reads no clock, so it is tested directly; the
+standalone page (``clipper_nb.dashboard``) runs a JavaScript port of it.
+
+Series keys name a data source (the part before the first ``/`` names its plot):
+
+=======================  ================================================
+``latency``              ``x, p50, p99, slo`` (milliseconds)
+``throughput``           ``x, qps, goodput`` (queries per second)
+``cache``                ``x, hit_rate`` (fraction)
+``misses``               ``x, default_rate, slo_miss, error_rate``
+``batch/<model>/<rep>``  ``x, cap, mean`` (AIMD cap and mean batch size)
+``weights/<model>``      ``x, p`` (selection probability in one context)
+=======================  ================================================
+
+``x`` is milliseconds since the epoch shifted by ``tz_offset_s`` (Bokeh's datetime
+axes show UTC, so a shift by the local offset shows local time).
+
+Example::
+
+    t = tick(snapshot, "digits", Cursor(), slo_ms=20)
+    t.streams["latency"]["p99"]     # new p99 values, one per complete second
+    t.cursor.since                  # pass as ?since= on the next poll
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = ["APP_CONTEXT", "Columns", "Cursor", "HEADER_WINDOW_S", "Tick", "replica_label", "tick"]
+
+#: Columns of one data source: name -> values, all of the same length.
+Columns = dict[str, list[float]]
+#: The metrics' name of the app-wide selection context (``context=None`` in queries).
+APP_CONTEXT = "default"
+#: Seconds over which the header averages SLO attainment and rates: one second of a
+#: bursty load says little, the whole 600 s window says too little about now.
+HEADER_WINDOW_S = 10
+_NAN = math.nan
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """What a view has streamed: the next ``since`` and the last second per series."""
+
+    since: float | None = None
+    last_t: Mapping[str, int] = field(default_factory=dict)
+    #: ``(t, queries, within_slo, defaults, p99_ms)`` of the last complete seconds.
+    recent: tuple[tuple[int, int, float, float, float], ...] = ()
+
+    def forget(self, prefix: str) -> "Cursor":
+        """A cursor that streams series starting with ``prefix`` again from scratch,
+        from a full snapshot (``since=None``): used when the weights' context changes."""
+        return replace(self, since=None, last_t={k: t for k, t in self.last_t.items() if not k.startswith(prefix)})
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The result of one poll: ``streams`` (series key -> new columns), the header's
+    ``numbers``, the selection ``contexts`` seen for the app, and the next ``cursor``."""
+
+    streams: dict[str, Columns]
+    numbers: dict[str, float | None]
+    contexts: list[str]
+    cursor: Cursor
+
+
+def _num(v: Any) -> float:
+    return _NAN if v is None else float(v)
+
+
+def _new_rows(key: str, ts: Sequence[int], cursor: Cursor) -> list[int]:
+    last = cursor.last_t.get(key)
+    return [i for i, t in enumerate(ts) if last is None or t > last]
+
+
+def _columns(ts: Sequence[int], rows: list[int], tz_offset_s: float, **series: Sequence[Any]) -> Columns:
+    out: Columns = {"x": [(ts[i] + tz_offset_s) * 1000.0 for i in rows]}
+    for name, values in series.items():
+        out[name] = [_num(values[i]) for i in rows]
+    return out
+
+
+def _app_streams(a: Mapping[str, Any], rows: list[int], slo_ms: float | None, tz: float) -> dict[str, Columns]:
+    ts = a["t"]
+    miss = [None if s is None else 1.0 - s for s in a["slo_attainment"]]
+    slo = [slo_ms] * len(ts)
+    return {
+        "latency": _columns(ts, rows, tz, p50=a["p50_ms"], p99=a["p99_ms"], slo=slo),
+        "throughput": _columns(ts, rows, tz, qps=a["qps"], goodput=a["goodput"]),
+        "cache": _columns(ts, rows, tz, hit_rate=a["cache_hit_rate"]),
+        "misses": _columns(ts, rows, tz, default_rate=a["default_rate"], slo_miss=miss,
+                           error_rate=a["error_rate"]),
+    }
+
+
+def _recent(a: Mapping[str, Any], rows: list[int], before: Iterable[tuple], window_s: int) -> tuple:
+    fresh = []
+    for i in rows:
+        q = int(a["qps"][i] or 0)
+        att, dflt = a["slo_attainment"][i], a["default_rate"][i]
+        fresh.append((a["t"][i], q, q * (att or 0.0), q * (dflt or 0.0), _num(a["p99_ms"][i])))
+    merged = [*before, *fresh]
+    if not merged:
+        return ()
+    newest = merged[-1][0]
+    return tuple(r for r in merged if r[0] > newest - window_s)
+
+
+def _numbers(recent: tuple, slo_ms: float | None) -> dict[str, float | None]:
+    n = sum(r[1] for r in recent)
+    last = recent[-1] if recent else None
+    p99 = next((r[4] for r in reversed(recent) if not math.isnan(r[4])), None)
+    return {"qps": float(last[1]) if last else None, "p99_ms": p99, "slo_ms": slo_ms,
+            "slo_attainment": sum(r[2] for r in recent) / n if n else None,
+            "default_rate": sum(r[3] for r in recent) / n if n else None,
+            "seconds": float(len(recent))}
+
+
+def tick(snapshot: Mapping[str, Any], app: str, cursor: Cursor, *, slo_ms: float | None = None,
+         models: Sequence[str] | None = None, context: str = APP_CONTEXT, tz_offset_s: float = 0.0,
+         window_s: int = HEADER_WINDOW_S) -> Tick:
+    """New points of ``app`` in ``snapshot`` that ``cursor`` has not streamed yet.
+
+    ``slo_ms`` is drawn as the SLO line for the new seconds (the SLO in force now);
+    ``models`` limits the batch series to the app's linked models (None: every model
+    in the snapshot); ``context`` picks the selection context whose weights are
+    shown (:data:`APP_CONTEXT` for the app-wide state).
+    """
+    streams: dict[str, Columns] = {}
+    last_t = dict(cursor.last_t)
+    recent = cursor.recent
+    contexts: list[str] = []
+    a = snapshot.get("apps", {}).get(app)
+    if a is not None:
+        rows = _new_rows("app", a["t"], cursor)
+        if rows:
+            streams.update(_app_streams(a, rows, slo_ms, tz_offset_s))
+            last_t["app"] = a["t"][rows[-1]]
+            recent = _recent(a, rows, cursor.recent, window_s)
+        contexts = sorted(a.get("weights", {}))
+        w = a.get("weights", {}).get(context)
+        if w is not None:
+            for model, probs in w["probabilities"].items():
+                key = f"weights/{model}"
+                rows = _new_rows(key, w["t"], cursor)
+                if rows:
+                    streams[key] = _columns(w["t"], rows, tz_offset_s, p=probs)
+                    last_t[key] = w["t"][rows[-1]]
+    all_models = snapshot.get("models", {})
+    for model in (all_models if models is None else models):
+        for rep, r in all_models.get(model, {}).get("replicas", {}).items():
+            key = f"batch/{model}/{rep}"
+            rows = _new_rows(key, r["t"], cursor)
+            if rows:
+                streams[key] = _columns(r["t"], rows, tz_offset_s, cap=r["batch_cap"], mean=r["mean_batch_size"])
+                last_t[key] = r["t"][rows[-1]]
+    now = snapshot.get("now")
+    # Only complete seconds (< floor(now)) are ever reported, so floor(now) - 1 is the
+    # last second this snapshot can hold: asking for t > it next never misses one.
+    since = float(math.floor(now) - 1) if now is not None else cursor.since
+    return Tick(streams=streams, numbers=_numbers(recent, slo_ms), contexts=contexts,
+                cursor=Cursor(since=since, last_t=last_t, recent=recent))
+
+
+def replica_label(key_or_name: str) -> str:
+    """A short legend label for a replica: ``digits #0 v3`` for ``digits:3:0:1``
+    (model:version:index:generation), or ``batch/digits/digits:3:0:1``."""
+    name = key_or_name.split("/", 2)[-1]
+    parts = name.rsplit(":", 3)
+    if len(parts) == 4:
+        model, version, index, _generation = parts
+        return f"{model} #{index} v{version}"
+    return name
