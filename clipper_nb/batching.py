@@ -98,6 +98,11 @@ class AIMDController:
         return min(lat for _, lat in itertools.islice(reversed(self.history), RECENT_BATCHES))
 
 
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class DeadlineMissed(Exception):
     """The query could not meet its deadline when its batch was formed."""
 
@@ -127,7 +132,10 @@ class BatchQueue:
     def __init__(self, on_expired: Callable[[QueuedQuery], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._items: collections.deque[QueuedQuery] = collections.deque()
-        self._event = asyncio.Event()
+        # Futures of the loops waiting for a put. Not an asyncio.Event: a wait with a
+        # timeout on an Event needs asyncio.wait_for, a new Task per wait, and during a
+        # batch delay every arriving query ends one such wait.
+        self._waiters: set[asyncio.Future[None]] = set()
         self.on_expired = on_expired
         self.clock = clock
 
@@ -136,12 +144,18 @@ class BatchQueue:
 
     def put(self, item: QueuedQuery) -> None:
         self._items.append(item)
-        self._event.set()
+        self._wake()
 
     def put_front(self, items: list[QueuedQuery]) -> None:
         self._items.extendleft(reversed(items))
         if self._items:
-            self._event.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     def drain(self) -> list[QueuedQuery]:
         items = list(self._items)
@@ -149,14 +163,17 @@ class BatchQueue:
         return items
 
     async def _wait(self, timeout: float | None) -> None:
-        self._event.clear()
-        if timeout is None:
-            await self._event.wait()
-            return
+        """Until the next put, or ``timeout`` seconds (None: no limit)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _release, waiter)
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+            if timer is not None:
+                timer.cancel()
 
     async def get_batch(self, max_size: int, delay_s: float = 0.0,
                         expected_latency_s: float | Callable[[], float] = 0.0) -> list[QueuedQuery]:

@@ -54,13 +54,15 @@ def decode_input(input_type: str, x: Any, shape: Sequence[int] | None = None) ->
                 f"input must be a number or a list of numbers for input_type {input_type!r}",
                 f"got {type(x).__name__}",
             )
-        try:
-            arr = np.asarray(x, dtype=dtype)
-        except (ValueError, TypeError) as e:
-            raise BadInput(
-                f"input is not a regular array of numbers for input_type {input_type!r}",
-                str(e),
-            ) from None
+        arr = _flat_floats(x, dtype)
+        if arr is None:
+            try:
+                arr = np.asarray(x, dtype=dtype)
+            except (ValueError, TypeError) as e:
+                raise BadInput(
+                    f"input is not a regular array of numbers for input_type {input_type!r}",
+                    str(e),
+                ) from None
         if arr.dtype == object:
             raise BadInput("input is a ragged list", "every row must have the same length")
         if shape is not None and tuple(arr.shape) != tuple(shape):
@@ -86,6 +88,21 @@ def decode_input(input_type: str, x: Any, shape: Sequence[int] | None = None) ->
         except ValueError as e:
             raise BadInput("input is not valid base64", str(e)) from None
     return x  # "json": any JSON value, passed as is
+
+
+def _flat_floats(x: Any, dtype: np.dtype) -> np.ndarray | None:
+    """The common query, a flat list of JSON numbers, as a float array; else None.
+
+    ``np.fromiter`` converts such a list 2-3x sooner than ``np.asarray``, and every
+    query pays it. Anything else (rows of rows, odd items) returns None and takes
+    the general path, which decides and explains.
+    """
+    if type(x) is not list or dtype.kind != "f":
+        return None
+    try:
+        return np.fromiter(x, dtype=dtype, count=len(x))
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def input_digest(x: Any) -> bytes:

@@ -9,6 +9,7 @@ replica runs a loop that cuts batches sized by its own :class:`AIMDController`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ from .rpc import Replica, ReplicaLost, Router
 
 log = logging.getLogger("clipper_nb.deployment")
 
+_replica_serial = itertools.count(1)
 MAX_ATTEMPTS = 2  # a batch whose replica dies is retried once on another replica
 
 
@@ -113,7 +115,9 @@ class Deployment:
     async def _start_slot(self, slot: _Slot) -> None:
         cfg = self.config
         slot.generation += 1
-        name = f"{cfg.model}:{cfg.version}:{slot.index}:{slot.generation}"
+        # Unique per frontend: a rollback re-runs an old version while its old replicas
+        # may still be saying goodbye on the same ROUTER socket.
+        name = f"{cfg.model}:{cfg.version}:{slot.index}:{next(_replica_serial)}"
         replica = Replica(self.router, name, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
                           hang_timeout_s=cfg.hang_timeout_s, on_dead=self._on_dead)
         slot.replica = replica

@@ -81,7 +81,9 @@ class Router:
         self.replicas[replica.identity] = replica
 
     def unregister(self, replica: "Replica") -> None:
-        self.replicas.pop(replica.identity, None)
+        # Only this replica: after a rollback a new one may already hold the same name.
+        if self.replicas.get(replica.identity) is replica:
+            del self.replicas[replica.identity]
 
     async def close(self) -> None:
         for t in self._tasks:
