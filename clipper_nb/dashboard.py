@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +78,7 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
 
     sources: dict[str, Any] = {}
     headers: dict[str, Any] = {}
+    notes: dict[str, Any] = {}
     sections = []
     for a in spec.apps:
         plots = PlotSet(history_s=history_s, width=440, height=210, name_prefix=f"{a.name}|")
@@ -87,6 +87,7 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
         for model in a.models:
             plots.source_for(f"weights/{model}")
         sources.update({f"{a.name}|{k}": s for k, s in plots.sources.items()})
+        notes[a.name] = plots.weights_note
         headers[a.name] = Div(text=_header_html(a.name), name=f"{a.name}|header")
         f = plots.figures
         sections.append(column(headers[a.name], row(f["latency"], f["throughput"], f["batch"]),
@@ -98,7 +99,7 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
                                            "This page shows it as soon as it exists.</p>")]
     doc = Document()
     doc.add_root(column(title, status, *empty, *sections))
-    doc.js_on_event(DocumentReady, CustomJS(args=dict(sources=sources, headers=headers, status=status,
+    doc.js_on_event(DocumentReady, CustomJS(args=dict(sources=sources, headers=headers, notes=notes, status=status,
                                                       apps=[a.name for a in spec.apps], page_key=spec.key,
                                                       interval_ms=interval_ms, history_s=history_s),
                                             code=_SCRIPT))
@@ -159,9 +160,8 @@ const tz_ms = -new Date().getTimezoneOffset() * 60000;
 const st = {since: null, last: {}, recent: {}, info: {}, up: {}, info_at: 0, delay: interval_ms, ticks: 0};
 window.clipperDashboard = st;  // for tests and the curious: st.ticks counts polls that streamed
 
-function esc(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
-}
+const ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
+function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ENTITIES[c]); }
 function num(v) { return v === null || v === undefined ? NaN : Number(v); }
 function show(text, error) {
   const colour = error ? "#b00020" : "#2e7d32";
@@ -218,7 +218,11 @@ function tickApp(app, a) {
     for (const [model, probs] of Object.entries(w.probabilities)) {
       const key = `${app}|weights/${model}`;
       const wr = newRows(key, w.t);
-      if (wr.length) { streamed = put(key, columns(w.t, wr, {p: probs})) || streamed; st.last[key] = w.t[wr[wr.length - 1]]; }
+      if (wr.length) {
+        streamed = put(key, columns(w.t, wr, {p: probs})) || streamed;
+        st.last[key] = w.t[wr[wr.length - 1]];
+        notes[app].visible = false;
+      }
     }
   }
   return streamed;
@@ -253,7 +257,8 @@ function header(app) {
     ["attained", "attained", n ? (100 * recent.reduce((s, r) => s + r[2], 0) / n).toFixed(1) + " %" : "–"],
     ["replicas", "replicas", `${up[0]}/${up[1]}`],
     ["policy", "policy", info.policy === undefined ? "–" : esc(info.policy)],
-  ].map(([k, label, v]) => `<span class='cnb-${k}' style='margin-right:18px'><span style='color:#666'>${label}</span> <b>${v}</b></span>`);
+  ].map(([k, label, v]) => `<span class='cnb-${k}' style='margin-right:18px'>` +
+                          `<span style='color:#666'>${label}</span> <b>${v}</b></span>`);
   headers[app].text = `<div style='font-family:sans-serif;font-size:14px;margin:10px 0 2px 0' data-app='${esc(app)}'>` +
                       `<b style='font-size:16px;margin-right:24px'>${esc(app)}</b>${cells.join("")}</div>`;
 }

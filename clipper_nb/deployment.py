@@ -23,6 +23,7 @@ from .cache import PredictionCache
 from .codec import input_digest
 from .errors import DeployError, ModelError
 from .rpc import Replica, ReplicaLost, Router
+from .spawner import ForkServer
 
 log = logging.getLogger("clipper_nb.deployment")
 
@@ -51,6 +52,8 @@ class DeploymentConfig:
     hang_timeout_s: float = 60.0
     frontend_timeout_s: float = 10.0
     env: dict[str, str] = field(default_factory=dict)
+    #: modules the fork server imports before forking this model's workers
+    preload: list[str] = field(default_factory=list)
 
 
 class _Slot:
@@ -60,7 +63,7 @@ class _Slot:
         self.index = index
         self.generation = 0
         self.replica: Replica | None = None
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Any = None  # an asyncio Process, or a ForkedProcess from the fork server
         self.controller: AIMDController | None = None
         self.loop_task: asyncio.Task | None = None
         self.started_at = 0.0
@@ -70,8 +73,10 @@ class _Slot:
 
 
 class Deployment:
-    def __init__(self, router: Router, config: DeploymentConfig, metrics: Any = None) -> None:
+    def __init__(self, router: Router, config: DeploymentConfig, metrics: Any = None,
+                 spawner: ForkServer | None = None) -> None:
         self.router = router
+        self.spawner = spawner
         self.config = config
         self.metrics = metrics
         self.name = config.model
@@ -125,14 +130,16 @@ class Deployment:
         env = {**os.environ, **cfg.env}
         if cfg.cwd and os.path.isdir(cfg.cwd):
             env["PYTHONPATH"] = os.pathsep.join(p for p in (cfg.cwd, env.get("PYTHONPATH")) if p)
-        with open(log_path, "ab") as log_file:
-            slot.process = await asyncio.create_subprocess_exec(
-                cfg.python, "-m", "clipper_nb.worker", "--frontend", self.router.address,
-                "--identity", name, "--artifact", cfg.artifact_dir, "--device", cfg.device,
-                "--frontend-timeout", str(cfg.frontend_timeout_s),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
-                cwd=cfg.cwd if cfg.cwd and os.path.isdir(cfg.cwd) else None,
-            )
+        argv = ["--frontend", self.router.address, "--identity", name, "--artifact", cfg.artifact_dir,
+                "--device", cfg.device, "--frontend-timeout", str(cfg.frontend_timeout_s)]
+        cwd = cfg.cwd if cfg.cwd and os.path.isdir(cfg.cwd) else None
+        if self.spawner is not None:
+            slot.process = await self.spawner.spawn(argv, env, cwd, log_path, cfg.preload)
+        else:
+            with open(log_path, "ab") as log_file:
+                slot.process = await asyncio.create_subprocess_exec(
+                    cfg.python, "-m", "clipper_nb.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file, stderr=log_file, env=env, cwd=cwd)
         slot.started_at = time.monotonic()
         self._spawn(self._watch_process(slot, replica, slot.process))
         try:
@@ -150,7 +157,7 @@ class Deployment:
                                          cap=min(4, cfg.max_batch_size))
         slot.loop_task = self._spawn(self._replica_loop(slot, replica, slot.controller))
 
-    async def _watch_process(self, slot: _Slot, replica: Replica, process: asyncio.subprocess.Process) -> None:
+    async def _watch_process(self, slot: _Slot, replica: Replica, process: Any) -> None:
         rc = await process.wait()
         replica.mark_dead(f"worker process exited with code {rc}")
 

@@ -18,7 +18,9 @@ import concurrent.futures
 import itertools
 import logging
 import math
+import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from . import artifact as artifact_mod
 from . import batching, selection
 from .codec import check_input_type, decode_input, input_digest, to_jsonable
 from .deployment import Deployment, DeploymentConfig
+from .spawner import ForkServer
 from .errors import BadInput, ClipperError, Conflict, DeployError, ModelError, NotFound, Unavailable
 from .batching import DeadlineMissed
 from .store import Store, check_name
@@ -50,6 +53,8 @@ class EngineConfig:
     heartbeat_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0
     worker_env: dict[str, str] = field(default_factory=dict)
+    #: start workers by forking a pre-warmed interpreter (Linux); off: a fresh process each
+    fork_server: bool = True
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Engine:
         self._lock = asyncio.Lock()
         self._query_ids = itertools.count()
         self._router = None
+        self._spawners: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.restore_errors: dict[str, str] = {}
@@ -138,7 +144,7 @@ class Engine:
             vspec = self.versions.get(spec["name"], {}).get(spec["current_version"])
             if vspec is None:
                 return
-            dep = Deployment(self._router, self._deployment_config(spec, vspec), self.metrics)
+            dep = self._new_deployment(spec, vspec)
             try:
                 await dep.start(spec["replicas"])
             except ClipperError as e:
@@ -158,6 +164,7 @@ class Engine:
         for t in list(self._tasks):
             t.cancel()
         await self._flush_selection()
+        await asyncio.gather(*(s.close() for s in self._spawners.values()), return_exceptions=True)
         if self._router is not None:
             await self._router.close()
         await self._db(self.store.close)
@@ -395,7 +402,7 @@ class Engine:
     async def _activate(self, spec: dict, vspec: dict) -> None:
         """Start ``vspec``'s replicas, then swap it in and stop the old version."""
         name = spec["name"]
-        dep = Deployment(self._router, self._deployment_config(spec, vspec), self.metrics)
+        dep = self._new_deployment(spec, vspec)
         try:
             await dep.start(spec["replicas"])
         except BaseException:
@@ -418,9 +425,16 @@ class Engine:
             await asyncio.sleep(0.1)
         await dep.stop()
 
+    def _new_deployment(self, spec: dict, vspec: dict) -> Deployment:
+        config = self._deployment_config(spec, vspec)
+        spawner = None
+        if self.config.fork_server and sys.platform.startswith("linux"):
+            spawner = self._spawners.get(config.python)
+            if spawner is None:
+                spawner = self._spawners[config.python] = ForkServer(config.python, tag=self.store.state_dir)
+        return Deployment(self._router, config, self.metrics, spawner)
+
     def _deployment_config(self, spec: dict, vspec: dict) -> DeploymentConfig:
-        import os
-        import sys
 
         python = vspec.get("python_executable") or sys.executable
         if not os.path.exists(python):
@@ -436,7 +450,7 @@ class Engine:
             objective_s=self._objective(spec["name"], delay),
             cache_bytes=self.config.cache_bytes, start_timeout_s=self.config.start_timeout_s,
             heartbeat_timeout_s=self.config.heartbeat_timeout_s, hang_timeout_s=self.config.hang_timeout_s,
-            env=dict(self.config.worker_env),
+            env=dict(self.config.worker_env), preload=_preload_modules(vspec),
         )
 
     def _objective(self, model: str, delay_ms: float | None = None) -> float:
@@ -772,6 +786,19 @@ async def _wait_all(futures: list[asyncio.Future], timeout: float) -> None:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+#: Libraries whose modules the fork server may import ahead of the workers: installed,
+#: side-effect free, and the bulk of a worker's start-up time.
+PRELOADABLE = ("sklearn", "torch", "scipy", "pandas", "xgboost", "lightgbm")
+
+
+def _preload_modules(vspec: dict) -> list[str]:
+    modules = ["torch"] if vspec.get("kind") == "torch" else []
+    module = (vspec.get("object_type") or "").rpartition(".")[0]
+    if module.split(".")[0] in PRELOADABLE and module not in (vspec.get("pickled_by_value") or []):
+        modules.append(module)
+    return modules
 
 
 def _normalised(log_weights: dict[str, float]) -> dict[str, float]:

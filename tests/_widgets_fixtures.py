@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -104,17 +103,9 @@ def chromium() -> str:
     """Debian's Chromium; browser tests skip (not fail) only when it is not installed."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium chromium-driver)")
-    pytest.importorskip("playwright.sync_api")
     os.makedirs(ARTIFACTS, exist_ok=True)
     return CHROMIUM
 
 
 def launch(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-
-
-def which(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path

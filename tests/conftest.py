@@ -22,8 +22,12 @@ from clipper_nb.server import Server, free_port
 TOKEN = "test-token-not-secret"
 
 
-def worker_pids(marker: str) -> list[int]:
-    """Pids of live worker processes whose command line contains ``marker``."""
+def worker_pids(marker: str, include_fork_server: bool = False) -> list[int]:
+    """Pids of live worker processes whose command line contains ``marker``.
+
+    Workers forked by the fork server share its command line (``clipper_nb.spawner
+    --tag STATE_DIR``) and are told apart by their process name, ``clipper-worker``.
+    """
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,10 +36,15 @@ def worker_pids(marker: str) -> list[int]:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
             with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
+                stat = f.read()
         except OSError:
             continue
-        if "clipper_nb.worker" in cmd and marker in cmd and state != "Z":
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if marker not in cmd or state == "Z":
+            continue
+        forked = "clipper_nb.spawner" in cmd
+        if "clipper_nb.worker" in cmd or (forked and (name == "clipper-worker" or include_fork_server)):
             pids.append(int(entry))
     return pids
 
@@ -129,7 +138,7 @@ def serve(tmp_path):
         yield server
     finally:
         server.stop()
-        wait_until(lambda: not worker_pids(str(tmp_path)), timeout=15, message="workers to exit")
+        wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="workers to exit")
 
 
 @pytest.fixture
@@ -140,7 +149,7 @@ def server(tmp_path):
         yield srv
     finally:
         srv.stop_thread()
-        wait_until(lambda: not worker_pids(str(tmp_path)), timeout=15, message="workers to exit")
+        wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="workers to exit")
 
 
 @pytest.fixture

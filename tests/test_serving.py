@@ -244,8 +244,9 @@ def test_no_worker_outlives_a_killed_server(tmp_path):
     srv = ServeProcess(state_dir=str(tmp_path / "s")).start()
     srv.client().deploy(lambda b: [0] * len(b), "z", app="z", replicas=2)
     assert len(worker_pids(str(tmp_path))) == 2
+    assert len(worker_pids(str(tmp_path), include_fork_server=True)) == 3
     srv.stop(signal.SIGKILL)
-    wait_until(lambda: not worker_pids(str(tmp_path)), timeout=15, message="orphaned workers to exit")
+    wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="orphaned workers to exit")
 
 
 def test_scale_and_undeploy(client):

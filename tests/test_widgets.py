@@ -199,5 +199,6 @@ async def test_slo_tuner_and_weights_view(client, comms):
     await view.refresh()
     p = view.plots.sources["weights/m1"].data["p"]
     assert p and not math.isnan(p[-1]) and p[-1] > 0.5
+    assert not view.plots.weights_note.visible  # "no feedback yet" is gone
     tuner.close()
     view.close()

@@ -99,7 +99,10 @@ def _tz_offset_s() -> float:
 def _shutdown_all() -> None:
     """At interpreter exit (the kernel shutting down): stop every view's load and polls."""
     for view in list(_live):
-        view.stop(freeze=False)
+        try:
+            view.stop(freeze=False)
+        except Exception:  # noqa: BLE001 - the loop may be closed already; nothing left to stop
+            pass
 
 
 atexit.register(_shutdown_all)
@@ -216,6 +219,7 @@ class LiveView(W.VBox):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a dashboard reports, it does not crash
+                log.debug("poll of %s failed", self.app, exc_info=True)
                 self._error = _describe(e)
                 self._set_status(f"cannot update from {self.client.url}: {self._error}; retrying", error=True)
                 delay = min(max(delay * 2, 1.0), MAX_BACKOFF_S)

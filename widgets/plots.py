@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from bokeh.models import ColumnDataSource, DataRange1d, Legend, NumeralTickFormatter, Range1d
+from bokeh.models import (ColumnDataSource, DataRange1d, DatetimeTickFormatter, Label, Legend,
+                          NumeralTickFormatter, Range1d)
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
@@ -68,6 +69,7 @@ class PlotSet:
         self.figures: dict[str, figure] = {}
         self.sources: dict[str, ColumnDataSource] = {}
         self._dynamic: dict[str, int] = {}  # plot kind -> series added so far (picks the colour)
+        self.weights_note: Label | None = None
         for name in names:
             if name not in TITLES:
                 raise ValueError(f"unknown plot {name!r}; plots: {', '.join(FIGURES)}")
@@ -79,13 +81,24 @@ class PlotSet:
 
     def _figure(self, name: str, width: int, height: int) -> figure:
         # follow="end": the x range slides with the newest point instead of growing.
-        x_range = DataRange1d(follow="end", follow_interval=self.history_s * 1000, range_padding=0)
+        # min_interval: a few seconds of data still get a readable clock axis, not "500ms".
+        x_range = DataRange1d(follow="end", follow_interval=self.history_s * 1000, range_padding=0,
+                              min_interval=30_000)
         fig = figure(title=TITLES[name], x_axis_type="datetime", width=width, height=height, x_range=x_range,
                      tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="right",
                      name=f"{self.name_prefix}plot:{name}")
+        clock = "%H:%M:%S"
+        fig.xaxis.formatter = DatetimeTickFormatter(milliseconds=clock, seconds=clock, minsec=clock,
+                                                    minutes="%H:%M", hourmin="%H:%M", hours="%H:%M", context=None)
         if name in _FRACTION_PLOTS:
-            fig.y_range = Range1d(0, 1.05)
+            fig.y_range = Range1d(-0.03, 1.05)  # below 0: a 0 % line stays visible above the axis
             fig.yaxis.formatter = NumeralTickFormatter(format="0%")
+        if name == "weights":
+            # Weights are sampled on feedback: say so until the first sample arrives.
+            self.weights_note = Label(x=12, y=12, x_units="screen", y_units="screen", text_font_size="9pt",
+                                      text_color="#777", name=f"{self.name_prefix}note:weights",
+                                      text="no feedback yet (client.feedback)")
+            fig.add_layout(self.weights_note)
         # Outside the plot area: a legend inside would hide the newest points.
         fig.add_layout(Legend(click_policy="hide", label_text_font_size="8pt", spacing=0, padding=4,
                               margin=4, label_height=12, glyph_height=12, border_line_alpha=0), "right")
@@ -129,6 +142,8 @@ class PlotSet:
             if src is not None and columns.get("x"):
                 src.stream(columns, rollover=self.history_s)
                 done.append(key)
+                if key.startswith("weights/") and self.weights_note is not None and self.weights_note.visible:
+                    self.weights_note.visible = False
         return done
 
     def clear(self, prefix: str) -> None:
