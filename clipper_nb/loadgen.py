@@ -228,8 +228,10 @@ async def run_load(url: str, app: str, inputs: Sequence[Any], *, concurrency: in
     deadline = start + duration_s
     issued = 0
 
-    def may_issue() -> bool:
-        return (not stop.is_set() and time.perf_counter() < deadline
+    def may_issue(now: float | None = None) -> bool:
+        # The open loop passes the scheduled arrival time: a loop running behind on a
+        # busy machine still sends the whole (seeded, reproducible) schedule, late.
+        return (not stop.is_set() and (time.perf_counter() if now is None else now) < deadline
                 and (max_requests is None or issued < max_requests))
 
     async def send(session: aiohttp.ClientSession, body: bytes, t0: float) -> None:
@@ -262,7 +264,7 @@ async def run_load(url: str, app: str, inputs: Sequence[Any], *, concurrency: in
             while (delay := arrival - time.perf_counter()) > 0 and not stop.is_set():
                 await asyncio.sleep(min(delay, 0.05))
                 burst = 0
-            if arrival >= deadline or not may_issue():
+            if not may_issue(arrival):
                 return tasks
             issued += 1
             if len(tasks) >= max_outstanding:
