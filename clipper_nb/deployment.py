@@ -149,8 +149,12 @@ class Deployment:
             raise DeployError(f"replica {slot.index} of {cfg.model}:{cfg.version} did not start within "
                               f"{cfg.start_timeout_s:.0f}s", _tail(log_path)) from None
         except (ModelError, ReplicaLost) as e:
-            raise DeployError(f"a worker could not load {cfg.model}:{cfg.version}: {e}",
-                              getattr(e, "cause", None) or _tail(log_path)) from None
+            tail = _tail(log_path)
+            why = str(e)
+            if isinstance(e, ReplicaLost) and tail:  # it exited: its last words say why
+                why += f" ({tail.splitlines()[-1].strip()})"
+            raise DeployError(f"a worker could not load {cfg.model}:{cfg.version}: {why}",
+                              getattr(e, "cause", None) or tail) from None
         log.info("replica %s up (pid %s, %s)", name, info.get("pid"), info.get("device"))
         slot.controller = AIMDController(cfg.objective_s, fixed=cfg.batch_size,
                                          max_cap=cfg.max_batch_size,
@@ -159,6 +163,13 @@ class Deployment:
 
     async def _watch_process(self, slot: _Slot, replica: Replica, process: Any) -> None:
         rc = await process.wait()
+        if replica.state == "starting":
+            # A worker that cannot load says why over ZeroMQ, then exits; the exit can
+            # reach us first. Give its message a moment so the deploy error names the cause.
+            for _ in range(20):
+                if replica.state != "starting":
+                    return
+                await asyncio.sleep(0.025)
         replica.mark_dead(f"worker process exited with code {rc}")
 
     def _on_dead(self, replica: Replica, cause: str) -> None:

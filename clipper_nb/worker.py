@@ -62,6 +62,8 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
             payload = f.read()
         predictor = artifact.load(payload, meta, device)
     except BaseException as e:  # noqa: BLE001 - report any load failure, then exit
+        print(f"clipper-nb worker {identity}: cannot load the model", file=sys.stderr)
+        traceback.print_exc()
         _send_json(sock, b"load_error", body={"error": artifact.format_exception(e),
                                               "traceback": traceback.format_exc(limit=8)})
         sock.close()
