@@ -226,7 +226,8 @@ def connect(url: str | None = None, token: str | None = None) -> Client:
     """
     if url is None:
         url = os.environ.get("CLIPPER_NB_URL")
-        token = token or os.environ.get("CLIPPER_NB_TOKEN")
+        if url is not None:  # $CLIPPER_NB_TOKEN goes with $CLIPPER_NB_URL, not with a discovered server
+            token = token or os.environ.get("CLIPPER_NB_TOKEN")
     if url is None:
         try:
             from .discovery import discover

@@ -105,7 +105,10 @@ def _from_runtime_file(path: str) -> dict[str, Any] | None:
     url = url_from_server_info(info) if info else None
     if url is None:
         return None
-    return {"url": url, "token": info.get("token") or None, "source": path}  # type: ignore[union-attr]
+    # Under JupyterHub the server has no token of its own; the hub's API token, which
+    # the single-user server passes on to its kernels, is accepted in its place.
+    token = info.get("token") or os.environ.get("JUPYTERHUB_API_TOKEN") or None  # type: ignore[union-attr]
+    return {"url": url, "token": token, "source": path}
 
 
 def _from_ancestors() -> dict[str, Any] | None:
@@ -173,8 +176,11 @@ if sys.platform.startswith("linux"):
         pass
 if os.getppid() != int(os.environ.pop("CLIPPER_NB_PARENT_PID", os.getppid())):
     sys.exit(0)  # the parent died before prctl took effect
+# The token came in the environment (not argv, which `ps` shows); keep it out of the
+# environment of the workers this server starts.
+token = os.environ.pop("CLIPPER_NB_TOKEN")
 from clipper_nb.cli import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:] + ["--token", token]))
 """
 
 

@@ -207,7 +207,7 @@ class ClipperMagics(Magics):
             data = "'" + body.replace('"INPUT"', json.dumps(sample)) + "'"
         print(f"curl -X POST {endpoint} -H 'Content-Type: application/json'{auth} -d {data}")
         if auth:
-            where = ("the token `jupyter server list` shows" if "/clipper" in client.url
+            where = ("the token `jupyter server list` shows" if client.url.endswith("/clipper")
                      else "the server's token (or %clipper start --public-predict)")
             print(f"($CLIPPER_NB_TOKEN: {where})")
 

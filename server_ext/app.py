@@ -39,8 +39,6 @@ class ClipperNB(ExtensionApp):
 
     name = "clipper_nb"
     description = "Clipper prediction serving inside the Jupyter server"
-    # No page of our own to open; the APIs live under {base_url}clipper/.
-    open_browser = False
     load_other_extensions = True
 
     state_dir = Unicode(

@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from jupyter_server.auth import Authorizer
@@ -65,7 +63,8 @@ def _extension(serverapp):
 
 def _stop_and_check_workers(serverapp, loop, marker: str) -> None:
     loop.run_until_complete(_extension(serverapp).stop_extension())
-    wait_until(lambda: not worker_pids(marker), timeout=15, message="workers to exit after stop_extension")
+    wait_until(lambda: not worker_pids(marker, include_fork_server=True), timeout=15,
+               message="workers to exit after stop_extension")
 
 
 def test_extension_serves_query_management_and_metrics(jp_fetch, jp_serverapp, jp_http_port, jp_base_url,
