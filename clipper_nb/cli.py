@@ -17,7 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("CLIPPER_NB_TOKEN") or None
     server = Server(state_dir=args.state_dir, host=args.host, port=args.port, token=token,
                     public_predict=args.public_predict, default_slo_ms=args.default_slo_ms,
-                    cache_bytes=int(args.cache_mb * (1 << 20)), batch_delay_ms=args.batch_delay_ms)
+                    cache_bytes=int(args.cache_mb * (1 << 20)), batch_delay_ms=args.batch_delay_ms,
+                    fork_server=not args.no_fork_server)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--default-slo-ms", type=float, default=100.0)
     serve.add_argument("--cache-mb", type=float, default=32.0, help="prediction cache size per model version")
     serve.add_argument("--batch-delay-ms", type=float, default=2.0, help="delayed batching timeout")
+    serve.add_argument("--no-fork-server", action="store_true",
+                       help="start each worker as a fresh interpreter instead of forking a pre-warmed one")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
 

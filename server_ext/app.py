@@ -68,6 +68,10 @@ class ClipperNB(ExtensionApp):
         config=True)
     heartbeat_timeout_s = Float(5.0, help="A worker silent for this long is declared dead and restarted.").tag(
         config=True)
+    fork_server = Bool(
+        True, help="Start workers by forking a pre-warmed interpreter (Linux): replicas start and restart "
+        "in milliseconds instead of re-importing numpy, scikit-learn or torch each time.",
+    ).tag(config=True)
     hang_timeout_s = Float(60.0, help="A batch running longer than this marks its worker as hung.").tag(config=True)
     worker_env = Dict(
         key_trait=Unicode(), value_trait=Unicode(),
@@ -129,7 +133,7 @@ class ClipperNB(ExtensionApp):
             cache_bytes=int(self.cache_mb * (1 << 20)), batch_delay_ms=self.batch_delay_ms,
             max_batch_rows=self.max_batch_rows, start_timeout_s=self.start_timeout_s,
             heartbeat_timeout_s=self.heartbeat_timeout_s, hang_timeout_s=self.hang_timeout_s,
-            worker_env=dict(self.worker_env),
+            worker_env=dict(self.worker_env), fork_server=self.fork_server,
         )
 
     async def _start_engine(self) -> Engine:

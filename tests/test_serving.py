@@ -266,3 +266,17 @@ def test_demo_command_exits_zero():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "digits-lr" in out.stdout and "digits-mlp" in out.stdout and "demo passed" in out.stdout
+
+
+def test_workers_also_run_as_fresh_interpreters_without_the_fork_server(tmp_path):
+    from clipper_nb.server import Server
+
+    with Server(state_dir=str(tmp_path / "s"), port=0, token=TOKEN, fork_server=False).start_in_thread() as srv:
+        c = srv.client()
+        c.deploy(lambda b: [len(x) for x in b], "n", app="n", slo_ms=5000)
+        assert c.predict("n", [1, 2, 3])["output"] == 3
+        pids = worker_pids(str(tmp_path))
+        assert len(pids) == 1
+        with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+            assert b"clipper_nb.worker" in f.read()  # not a fork of clipper_nb.spawner
+    wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="exit")
