@@ -5,9 +5,9 @@
 * :class:`LoadProcess` — ``_loadproc.py``, the load generator in its own process;
 * :func:`pin` — CPU affinity of whole processes (every thread, like ``taskset -a -p``),
   so one server can be measured pinned and unpinned in the same run;
-* :func:`measure` — repeated short runs of one configuration, reduced to medians,
-  with the server's CPU time per row (a figure that other load on the machine
-  disturbs far less than throughput does).
+* :func:`measure` — repeated short runs of several configurations, interleaved,
+  each reduced to medians, with the server's CPU time per row (a figure that other
+  load on the machine disturbs far less than throughput does).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import requests
 
@@ -211,7 +211,8 @@ class Row:
     errors: int
     server_cpu_us_per_row: float | None
     worker_cpu_us_per_row: float | None = None
-    reps: list[float] = field(default_factory=list)  # rows/s of each repetition
+    slo_ms: float | None = None
+    reps: list[float] = field(default_factory=list)  # goodput of each repetition
     note: str = ""
 
 
@@ -224,38 +225,74 @@ def _median(values: list[Any]) -> Any:
     return statistics.median(values) if values else None
 
 
-def measure(load: LoadProcess, url: str, app: str, *, section: str, workload: str, variant: str,
-            reps: int, duration_s: float, server_pids: list[int], worker_pids: list[int] = (),
-            seeds: Iterable[int] | None = None, concurrency: int | None = None,
-            qps: float | None = None, batch_size: int | None = None, slo_ms: float | None = None,
-            distinct: int = 4096, note: str = "") -> Row:
-    """Run ``reps`` loads of ``duration_s`` against ``url``/``app`` and reduce them to medians.
+@dataclass
+class Config:
+    """One configuration to measure: where to send load, of what shape, and what to call it.
 
-    ``seeds`` gives each repetition its inputs; pass fresh ones (see :data:`SEEDS`)
-    so that no repetition hits cache entries an earlier one left. ``distinct=1``
-    repeats one input: the cache-hit case.
+    ``setup`` runs before each of its repetitions (the pinning check re-pins there).
+    ``distinct`` is how many different inputs a repetition cycles through; 1 repeats
+    one input (the cache-hit case).
     """
-    seeds = iter(seeds if seeds is not None else SEEDS)
-    results, fe_cpu, wk_cpu = [], [], []
+
+    url: str
+    app: str
+    section: str
+    workload: str
+    variant: str
+    server_pids: list[int]
+    worker_pids: list[int] = field(default_factory=list)
+    concurrency: int | None = None
+    qps: float | None = None
+    batch_size: int | None = None
+    slo_ms: float | None = None
+    distinct: int = 4096
+    note: str = ""
+    setup: Callable[[], None] | None = None
+
+    @property
+    def shape(self) -> str:
+        shape = f"c={self.concurrency}" if self.concurrency is not None else f"qps={self.qps:g}"
+        return shape + (f" x{self.batch_size}" if self.batch_size else "")
+
+
+def _run_once(load: LoadProcess, cfg: Config, duration_s: float) -> tuple[dict[str, Any], float | None, float | None]:
+    """One repetition: the load generator's result and the CPU per row of frontend and workers."""
+    if cfg.setup is not None:
+        cfg.setup()
+    before_fe, before_wk = cpu_seconds(cfg.server_pids), cpu_seconds(cfg.worker_pids)
+    # fresh inputs for every repetition, so none hits cache entries an earlier one left
+    res = load.call(cmd="run", url=cfg.url, app=cfg.app, features=784, distinct=cfg.distinct,
+                    seed=next(SEEDS), concurrency=cfg.concurrency, qps=cfg.qps, duration_s=duration_s,
+                    batch_size=cfg.batch_size, slo_ms=cfg.slo_ms)["result"]
+    used_fe, used_wk = cpu_seconds(cfg.server_pids) - before_fe, cpu_seconds(cfg.worker_pids) - before_wk
+    if not res["rows"]:
+        return res, None, None
+    return res, used_fe / res["rows"] * 1e6, (used_wk / res["rows"] * 1e6 if cfg.worker_pids else None)
+
+
+def measure(load: LoadProcess, configs: list[Config], reps: int, duration_s: float) -> list[Row]:
+    """Measure ``configs`` ``reps`` times each, interleaved, and reduce each to medians.
+
+    Interleaved (every config once, then again): on a shared machine the load from
+    others drifts over minutes, and configurations to be compared should see the
+    same drift rather than one getting the quiet minute.
+    """
+    runs: list[list[tuple[dict[str, Any], float | None, float | None]]] = [[] for _ in configs]
     for _ in range(reps):
-        before_fe, before_wk = cpu_seconds(server_pids), cpu_seconds(worker_pids)
-        res = load.call(cmd="run", url=url, app=app, features=784, distinct=distinct, seed=next(seeds),
-                        concurrency=concurrency, qps=qps, duration_s=duration_s, batch_size=batch_size,
-                        slo_ms=slo_ms)["result"]
-        used_fe, used_wk = cpu_seconds(server_pids) - before_fe, cpu_seconds(worker_pids) - before_wk
-        results.append(res)
-        if res["rows"]:
-            fe_cpu.append(used_fe / res["rows"] * 1e6)
-            wk_cpu.append(used_wk / res["rows"] * 1e6)
-    shape = f"c={concurrency}" if concurrency is not None else f"qps={qps:g}"
-    if batch_size:
-        shape += f" x{batch_size}"
-    return Row(section=section, workload=workload, variant=variant, load=shape,
+        for cfg, done in zip(configs, runs):
+            done.append(_run_once(load, cfg, duration_s))
+    return [_row(cfg, done) for cfg, done in zip(configs, runs)]
+
+
+def _row(cfg: Config, runs: list[tuple[dict[str, Any], float | None, float | None]]) -> Row:
+    results = [r for r, _, _ in runs]
+    return Row(section=cfg.section, workload=cfg.workload, variant=cfg.variant, load=cfg.shape,
                rows_per_s=_median([r["rows_per_s"] for r in results]),
                p50_ms=_median([r["p50_ms"] for r in results]), p99_ms=_median([r["p99_ms"] for r in results]),
                slo_attainment=_median([r["slo_attainment"] for r in results]),
                goodput=_median([r["goodput"] for r in results]),
                default_rate=_median([r["defaults"] / r["rows"] if r["rows"] else 0.0 for r in results]),
-               errors=sum(r["errors"] for r in results), server_cpu_us_per_row=_median(fe_cpu),
-               worker_cpu_us_per_row=_median(wk_cpu) if worker_pids else None,
-               reps=[round(r["rows_per_s"], 1) for r in results], note=note)
+               errors=sum(r["errors"] for r in results),
+               server_cpu_us_per_row=_median([fe for _, fe, _ in runs]),
+               worker_cpu_us_per_row=_median([wk for _, _, wk in runs]),
+               slo_ms=cfg.slo_ms, reps=[round(r["goodput"], 1) for r in results], note=cfg.note)

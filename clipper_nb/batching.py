@@ -70,14 +70,23 @@ class AIMDController:
             return self.fixed
         return max(1, min(int(self.cap), self.max_cap))
 
-    def observe(self, size: int, latency_s: float) -> None:
-        """Account for one finished batch of ``size`` rows that took ``latency_s``."""
+    def observe(self, size: int, latency_s: float, compute_s: float | None = None) -> None:
+        """Account for one finished batch of ``size`` rows that took ``latency_s`` round
+        trip, of which ``compute_s`` in the model (as the worker measured it).
+
+        The cap follows the model's own time when it is known: that is what the batch
+        size changes. The round trip also carries the frontend's event-loop lag and
+        the RPC, which a smaller batch does not shorten (it lengthens them: more batches
+        for the same rows), so steering on it collapses the cap exactly when the
+        frontend is busiest. The round trip still feeds the drop estimate below.
+        """
         a = 0.2
         self.latency_ewma_s = latency_s if self.latency_ewma_s == 0 else (1 - a) * self.latency_ewma_s + a * latency_s
         self.history.append((size, latency_s))
         if self.fixed is not None:
             return
-        if latency_s > self.objective_s:
+        signal = latency_s if compute_s is None else compute_s
+        if signal > self.objective_s:
             self.cap = max(1.0, self.cap * self.backoff)
         elif size >= self.limit():
             self.cap = min(float(self.max_cap), self.cap + self.step)

@@ -285,7 +285,7 @@ class Deployment:
                 return
             start = time.monotonic()
             try:
-                outputs, _meta = await replica.run_batch([q.x for q in items])
+                outputs, meta = await replica.run_batch([q.x for q in items])
             except ReplicaLost as e:
                 self._retry(items, e)
                 return
@@ -298,7 +298,7 @@ class Deployment:
                 continue
             last_batch_end = time.monotonic()
             latency = last_batch_end - start
-            controller.observe(len(items), latency)
+            controller.observe(len(items), latency, meta.get("compute_ms", latency * 1000) / 1000)
             for q, out in zip(items, outputs):
                 if not q.future.done():
                     q.future.set_result(out)

@@ -290,3 +290,15 @@ async def test_two_consumers_never_get_the_same_query(clock):
     for task in consumers:
         task.cancel()
     assert sorted(got) == sorted(sent)  # each once: none lost, none twice
+
+
+def test_aimd_steers_on_the_models_compute_time_when_the_worker_reports_it():
+    c = AIMDController(objective_s=0.010, cap=8, step=4)
+    # 14 ms round trip (a busy frontend loop) but 6 ms in the model: the batch fits
+    c.observe(8, 0.014, compute_s=0.006)
+    assert c.limit() == 12
+    c.observe(12, 0.009, compute_s=0.011)  # the model itself went over: back off
+    assert c.cap == pytest.approx(12 * 0.9)
+    assert c.latency_ewma_s > 0.009  # the round trip still feeds the drop estimate
+    c.observe(10, 0.014)  # no compute time reported: the round trip decides
+    assert c.cap == pytest.approx(12 * 0.9 * 0.9)
