@@ -183,7 +183,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load(payload: bytes, meta: dict, device: str = "auto") -> Predictor:
+def load(payload: bytes, meta: dict, device: str = "auto", threads: int | None = None) -> Predictor:
     """Unpickle an artifact and wrap it; errors name the library versions that differ."""
     import pickle
 
@@ -195,7 +195,7 @@ def load(payload: bytes, meta: dict, device: str = "auto") -> Predictor:
         raise RuntimeError(f"cannot load the model: {type(e).__name__}: {e}{_version_note(meta)}") from e
     kind, method = meta["kind"], meta.get("method")
     if kind == "torch":
-        return _torch_predictor(obj, device)
+        return _torch_predictor(obj, device, threads)
     fn = getattr(obj, method) if method else obj
     return Predictor(kind, "cpu", fn)
 
@@ -207,9 +207,13 @@ def _version_note(meta: dict) -> str:
     return ("; library versions differ: " + ", ".join(diffs)) if diffs else ""
 
 
-def _torch_predictor(module: Any, device: str) -> Predictor:
+def _torch_predictor(module: Any, device: str, threads: int | None = None) -> Predictor:
     import torch
 
+    if threads:
+        # Replicas share the machine's cores: R replicas each using every core thrash
+        # (batches ran ~5x slower with 2 replicas x 2 threads on 2 cores).
+        torch.set_num_threads(threads)
     device = resolve_device(device)
     module = module.to(device).eval()
     try:

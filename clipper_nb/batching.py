@@ -25,6 +25,8 @@ DEFAULT_BACKOFF = 0.9
 DEFAULT_MAX_CAP = 4096
 #: Batches the drop estimate looks back over (see ``AIMDController.expected_latency_s``).
 RECENT_BATCHES = 8
+#: Batches of a fresh replica left out of the drop estimate (warm-up).
+WARMUP_BATCHES = 1
 #: A replica that has run no batch for this long re-measures instead of dropping.
 PROBE_AFTER_S = 1.0
 #: Delayed batching ends this much early: timers do not fire to the microsecond.
@@ -54,6 +56,7 @@ class AIMDController:
     #: exponentially weighted batch latency, used to drop queries that cannot make it
     latency_ewma_s: float = 0.0
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
+    batches: int = 0
 
     def __post_init__(self) -> None:
         if self.fixed is not None and self.fixed < 1:
@@ -82,7 +85,11 @@ class AIMDController:
         """
         a = 0.2
         self.latency_ewma_s = latency_s if self.latency_ewma_s == 0 else (1 - a) * self.latency_ewma_s + a * latency_s
-        self.history.append((size, latency_s))
+        self.batches += 1
+        if self.batches > WARMUP_BATCHES:
+            # A replica's first batch pays for lazy imports and allocations; judging the
+            # queue by it would fail queries another, warm replica could serve in time.
+            self.history.append((size, latency_s))
         if self.fixed is not None:
             return
         signal = latency_s if compute_s is None else compute_s

@@ -132,6 +132,8 @@ class Deployment:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (cfg.cwd, env.get("PYTHONPATH")) if p)
         argv = ["--frontend", self.router.address, "--identity", name, "--artifact", cfg.artifact_dir,
                 "--device", cfg.device, "--frontend-timeout", str(cfg.frontend_timeout_s)]
+        if "OMP_NUM_THREADS" not in env:  # the user's setting wins
+            argv += ["--threads", str(max(1, (os.cpu_count() or 1) // max(1, self.replica_count)))]
         cwd = cfg.cwd if cfg.cwd and os.path.isdir(cfg.cwd) else None
         if self.spawner is not None:
             slot.process = await self.spawner.spawn(argv, env, cwd, log_path, cfg.preload)

@@ -49,7 +49,8 @@ def _send_json(sock: zmq.Socket, kind: bytes, *frames: bytes, body: dict) -> Non
     sock.send_multipart([kind, *frames, json.dumps(body).encode()])
 
 
-def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend_timeout_s: float) -> int:
+def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend_timeout_s: float,
+          threads: int | None = None) -> int:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, identity.encode())
@@ -60,7 +61,7 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
             meta = json.load(f)
         with open(os.path.join(artifact_dir, "model.pkl"), "rb") as f:
             payload = f.read()
-        predictor = artifact.load(payload, meta, device)
+        predictor = artifact.load(payload, meta, device, threads)
     except BaseException as e:  # noqa: BLE001 - report any load failure, then exit
         print(f"clipper-nb worker {identity}: cannot load the model", file=sys.stderr)
         traceback.print_exc()
@@ -126,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--frontend-timeout", type=float, default=10.0,
                         help="exit when the frontend is silent this many seconds")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of a CPU torch model (default: the library's own)")
     args = parser.parse_args(argv)
     _die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    return serve(args.frontend, args.identity, args.artifact, args.device, args.frontend_timeout)
+    return serve(args.frontend, args.identity, args.artifact, args.device, args.frontend_timeout, args.threads)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,9 @@ def test_objective_for_slo_leaves_room_for_the_queue_wait():
 def test_expected_latency_is_the_fastest_recent_batch_and_re_measures_when_idle():
     c = AIMDController(objective_s=0.010)
     assert c.expected_latency_s() == 0.0  # nothing measured: drop nothing early
-    c.observe(4, 0.400)  # a warm-up
+    c.observe(4, 0.900)  # the first batch warms up: it condemns no query
+    assert c.expected_latency_s() == 0.0
+    c.observe(4, 0.400)  # a slow batch after the warm-up counts
     assert c.expected_latency_s() == pytest.approx(0.400)
     assert c.expected_latency_s(idle_s=PROBE_AFTER_S + 0.01) == 0.0  # stale: let one batch through
     c.observe(4, 0.002)
