@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from . import batching
 from .batching import AIMDController, BatchQueue, DeadlineMissed, QueuedQuery
 from .cache import PredictionCache
 from .codec import input_digest
-from .errors import DeployError, ModelError
+from .errors import DeployError, ModelError, Unavailable
 from .rpc import Replica, ReplicaLost, Router
 from .spawner import ForkServer
 
@@ -122,7 +123,9 @@ class Deployment:
         slot.generation += 1
         # Unique per frontend: a rollback re-runs an old version while its old replicas
         # may still be saying goodbye on the same ROUTER socket.
-        name = f"{cfg.model}:{cfg.version}:{slot.index}:{next(_replica_serial)}"
+        # The random part keeps another local user from connecting as a replica that
+        # is still starting (the ROUTER listens on loopback without authentication).
+        name = f"{cfg.model}:{cfg.version}:{slot.index}:{next(_replica_serial)}-{secrets.token_hex(8)}"
         replica = Replica(self.router, name, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
                           hang_timeout_s=cfg.hang_timeout_s, on_dead=self._on_dead)
         slot.replica = replica
@@ -253,6 +256,10 @@ class Deployment:
                 return pending.future
         fut = loop.create_future()
         fut.add_done_callback(_retrieve)
+        if not self.replica_count:
+            # Scaled to zero: nothing would ever take the query off the queue.
+            fut.set_exception(Unavailable(f"model {self.name} has no replicas", "scale it up"))
+            return fut
         q = QueuedQuery(x, fut, deadline, key)
         if key is not None:
             self._inflight[key] = q
@@ -291,6 +298,12 @@ class Deployment:
             except ReplicaLost as e:
                 self._retry(items, e)
                 return
+            except asyncio.CancelledError:
+                # Scaled down or stopped mid-batch: the queries go back to the queue (the
+                # other replicas, or stop()'s drain, answer them); a future left pending
+                # here would also pin its cache key in _inflight for good.
+                queue.put_front([q for q in items if not q.future.done()])
+                raise
             except ModelError as e:
                 for q in items:
                     if not q.future.done():
@@ -333,7 +346,8 @@ class Deployment:
             r, c = slot.replica, slot.controller
             rows.append({
                 "model": self.config.model, "version": self.config.version, "replica": slot.index,
-                "name": r.name if r else None, "state": r.state if r else "starting",
+                # never the identity's secret part
+                "name": r.name.rsplit("-", 1)[0] if r else None, "state": r.state if r else "starting",
                 "pid": slot.process.pid if slot.process else None,
                 "device": (r.info.get("device") if r else None) or self.config.device,
                 "batch_cap": c.limit() if c else None, "restarts": slot.restarts,

@@ -53,6 +53,8 @@ class EngineConfig:
     heartbeat_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0
     worker_env: dict[str, str] = field(default_factory=dict)
+    #: selection contexts kept per application (least recently updated evicted first)
+    max_contexts: int = 10_000
     #: start workers by forking a pre-warmed interpreter (Linux); off: a fresh process each
     fork_server: bool = True
 
@@ -154,7 +156,10 @@ class Engine:
                 return
             self.deployments[spec["name"]] = dep
 
-        await asyncio.gather(*(one(s) for s in list(self.models.values())))
+        # Under the management lock: a deploy or undeploy arriving while restore runs
+        # waits, instead of being overwritten by the restored (older) version.
+        async with self._lock:
+            await asyncio.gather(*(one(s) for s in list(self.models.values())))
         self.ready.set()
 
     async def stop(self) -> None:
@@ -227,8 +232,8 @@ class Engine:
                 self._apply_options(app, changes)
                 policy_changed = (app.policy, app.policy_options) != (old.policy, old.policy_options)
                 policy_obj = self._make_policy(app) if policy_changed else self.policies[name]
-            except ClipperError:
-                self.apps[name] = old
+            except Exception:
+                self.apps[name] = old  # all or nothing: no half-applied change stays live
                 raise
             self.policies[name] = policy_obj
             if policy_changed:  # weights of another policy mean something else: start afresh
@@ -243,21 +248,29 @@ class Engine:
         for key, value in options.items():
             if key not in APP_FIELDS:
                 raise BadInput(f"unknown application setting {key!r}", f"settable: {', '.join(sorted(APP_FIELDS))}")
-            if key == "cache" or key == "straggler_mitigation":
-                value = bool(value)
-            elif key == "confidence_threshold" and value is not None:
-                value = float(value)
-                if not 0 <= value <= 1:
-                    raise BadInput("confidence_threshold must be between 0 and 1")
-            elif key == "low_confidence" and value not in ("flag", "default"):
-                raise BadInput("low_confidence must be 'flag' or 'default'")
-            elif key == "loss":
-                selection.make_loss(value, 1.0)
-            elif key == "loss_scale":
-                value = float(value)
-                if value <= 0:
-                    raise BadInput("loss_scale must be > 0")
+            try:
+                value = self._check_option(key, value)
+            except (ValueError, TypeError) as e:  # float("x"), an unknown loss, ...
+                raise BadInput(f"invalid {key}: {e}") from None
             setattr(app, key, value)
+
+    @staticmethod
+    def _check_option(key: str, value: Any) -> Any:
+        if key in ("cache", "straggler_mitigation"):
+            return bool(value)
+        if key == "confidence_threshold" and value is not None:
+            value = float(value)
+            if not 0 <= value <= 1:
+                raise ValueError("it must be between 0 and 1")
+        elif key == "low_confidence" and value not in ("flag", "default"):
+            raise ValueError("it must be 'flag' or 'default'")
+        elif key == "loss":
+            selection.make_loss(value, 1.0)
+        elif key == "loss_scale":
+            value = float(value)
+            if not 0 < value < math.inf:
+                raise ValueError("it must be a finite number > 0")
+        return value
 
     def _make_policy(self, app: App) -> selection.Policy:
         try:
@@ -354,6 +367,17 @@ class Engine:
             raise BadInput(f"artifact kind must be one of {artifact_mod.KINDS}", "package the model with clipper_nb")
         if app is not None:
             check_name("application", app)
+        if slo_ms is not None:
+            slo_ms = self._check_slo(slo_ms)
+        if input_type is not None:
+            check_input_type(input_type)
+        if batch_delay_ms is not None:
+            try:
+                batch_delay_ms = float(batch_delay_ms)
+            except (TypeError, ValueError):
+                raise BadInput(f"batch_delay_ms must be a number, got {batch_delay_ms!r}") from None
+            if not 0 <= batch_delay_ms <= 1000:
+                raise BadInput(f"batch_delay_ms must be between 0 and 1000, got {batch_delay_ms}")
         async with self._lock:
             model = self.models.get(name)
             versions = self.versions.setdefault(name, {})
@@ -547,7 +571,7 @@ class Engine:
                     return shape
         return None
 
-    def _state(self, app: str, context: str | None) -> selection.SelectionState:
+    def _state(self, app: str, context: str | None, create: bool = False) -> selection.SelectionState:
         """The selection state for (app, context); an unseen context starts from the app's."""
         models = self.apps[app].models
         base = self.selection_states.get((app, ""))
@@ -557,8 +581,12 @@ class Engine:
         if not context:
             return base
         state = self.selection_states.get((app, context))
-        if state is None or list(state.log_weights) != models:
-            state = state.with_models(models) if state is not None else base.copy()
+        if state is None:
+            # Only feedback creates a context's state: queries with ever-new uids (any
+            # anonymous caller can send them) must not grow memory.
+            return base.copy() if create else base
+        if list(state.log_weights) != models:
+            state = state.with_models(models)
             self.selection_states[(app, context)] = state
         return state
 
@@ -630,7 +658,10 @@ class Engine:
                 msg = "; ".join(e.message for e in failures.values())
                 self.metrics.record_query(app.name, loop.time() - start, slo_s=app.slo_s, default=True, error=True)
                 raise ModelError(msg, next(iter(failures.values())).cause)
-            if any(isinstance(e, DeadlineMissed) for e in failures.values()):
+            unavailable = [e for e in failures.values() if isinstance(e, Unavailable)]
+            if unavailable:
+                why = "; ".join(e.message for e in unavailable)
+            elif any(isinstance(e, DeadlineMissed) for e in failures.values()):
                 for m in failures:
                     self.metrics.record_deadline_drop(app.name, m)
                 why = "the query could not meet its deadline when its batch was formed (the system is overloaded)"
@@ -714,11 +745,14 @@ class Engine:
         contexts = [""] + ([context] if context else [])
         new_states = {}
         for ctx in contexts:
-            state = self._state(app_name, ctx)
+            state = self._state(app_name, ctx, create=True)
             new_states[ctx] = policy.update(state, losses, chosen)
         for ctx, state in new_states.items():
+            self.selection_states.pop((app_name, ctx), None)  # re-insert: most recent last
             self.selection_states[(app_name, ctx)] = state
             self._dirty_states.add((app_name, ctx))
+        if context:
+            await self._evict_contexts(app_name)
         final = new_states[context or ""]
         probs = policy.probabilities(final)
         weights = _normalised(final.log_weights)
@@ -729,6 +763,18 @@ class Engine:
             self.metrics.record_model_loss(app_name, m, l)
         return {"app": app_name, "context": context, "losses": losses, "weights": weights,
                 "probabilities": probs, "updates": final.updates}
+
+    async def _evict_contexts(self, app_name: str) -> None:
+        """Keep at most ``max_contexts`` per app: the least recently updated go first."""
+        keys = [k for k in self.selection_states if k[0] == app_name and k[1]]
+        excess = len(keys) - self.config.max_contexts
+        if excess <= 0:
+            return
+        gone = keys[:excess]
+        for key in gone:
+            del self.selection_states[key]
+            self._dirty_states.discard(key)
+        await self._db(self.store.delete_contexts, app_name, [c for _, c in gone])
 
     def selection(self, app_name: str, context: str | None = None) -> dict:
         app = self._app(app_name)

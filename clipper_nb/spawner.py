@@ -89,7 +89,11 @@ class ForkServer:
             line = await proc.stdout.readline()
             if not line:
                 break
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:  # something a preloaded module printed: not ours
+                log.debug("fork server said: %r", line[:200])
+                continue
             if "exited" in msg:
                 child = self._children.pop(msg["exited"], None)
                 if child is not None:
@@ -124,7 +128,7 @@ class ForkServer:
                        "preload": preload}
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             await self._proc.stdin.drain()
-        pid = await fut
+        pid = await asyncio.wait_for(fut, 60)
         child = ForkedProcess(pid)
         if pid in self._early_exits:  # it died before we learned its pid
             child._set_exit(self._early_exits.pop(pid))
@@ -155,7 +159,7 @@ def _write(msg: dict) -> None:
     os.write(1, json.dumps(msg).encode() + b"\n")
 
 
-def _reap() -> None:
+def _reap(children: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -163,6 +167,7 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+        children.discard(pid)  # its pid may be reused: never signal it again
         rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         _write({"exited": pid, "rc": rc})
 
@@ -251,7 +256,7 @@ def main() -> int:
                         _child(req)
                     children.add(pid)
                     _write({"id": req["id"], "pid": pid})
-            _reap()
+            _reap(children)
     finally:
         for pid in children:
             try:

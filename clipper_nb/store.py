@@ -118,6 +118,10 @@ class Store:
     def delete_selection(self, app: str) -> None:
         self._exec("DELETE FROM selection WHERE app = ?", (app,))
 
+    def delete_contexts(self, app: str, contexts: list[str]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM selection WHERE app = ? AND context = ?", [(app, c) for c in contexts])
+
     # ------------------------------------------------------------------ artifacts
     def artifact_dir(self, model: str, version: str) -> str:
         return os.path.join(self.state_dir, "models", model, version)

@@ -71,7 +71,7 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
         return 3
     _send_json(sock, b"hello", body={"pid": os.getpid(), "device": predictor.device,
                                      "versions": artifact.library_versions()})
-    last_heard = time.monotonic()
+    last_heard = last_sent = time.monotonic()
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     while True:
@@ -81,10 +81,14 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
             kind = frames[0].bytes
             if kind == b"batch":
                 _run_batch(sock, predictor, frames)
+                last_sent = time.monotonic()
             elif kind == b"stop":
                 break
-        else:
+        # Every HEARTBEAT_S at least, however often the frontend's own pings arrive
+        # (a ping landing just before each poll timeout must not silence us).
+        if time.monotonic() - last_sent >= HEARTBEAT_S:
             sock.send(b"hb")
+            last_sent = time.monotonic()
         if time.monotonic() - last_heard > frontend_timeout_s:
             print(f"clipper-nb worker {identity}: frontend silent for {frontend_timeout_s:.0f}s, exiting",
                   file=sys.stderr)
