@@ -113,6 +113,7 @@ class Engine:
         self._query_ids = itertools.count()
         self._router = None
         self._spawners: dict[str, Any] = {}
+        self._retiring: set[Deployment] = set()
         self._tasks: set[asyncio.Task] = set()
         self.ready = asyncio.Event()
         self.restore_errors: dict[str, str] = {}
@@ -164,7 +165,8 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop every replica (no worker outlives this) and flush state to disk."""
-        await asyncio.gather(*(d.stop() for d in self.deployments.values()), return_exceptions=True)
+        retiring = list(self._retiring)  # old versions still draining after a swap
+        await asyncio.gather(*(d.stop() for d in [*self.deployments.values(), *retiring]), return_exceptions=True)
         self.deployments.clear()
         for t in list(self._tasks):
             t.cancel()
@@ -443,11 +445,15 @@ class Engine:
             self._spawn(self._retire(old))
 
     async def _retire(self, dep: Deployment) -> None:
-        for _ in range(50):
-            if not len(dep.queue):
-                break
-            await asyncio.sleep(0.1)
-        await dep.stop()
+        self._retiring.add(dep)
+        try:
+            for _ in range(50):
+                if not len(dep.queue):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            self._retiring.discard(dep)
+            await dep.stop()
 
     def _new_deployment(self, spec: dict, vspec: dict) -> Deployment:
         config = self._deployment_config(spec, vspec)
