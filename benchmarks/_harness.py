@@ -108,7 +108,7 @@ class ServeProcess:
         os.makedirs(self.state_dir, exist_ok=True)
         log = open(os.path.join(self.state_dir, "serve.log"), "ab")
         cmd = [sys.executable, "-m", "clipper_nb.cli", "serve", "--public-predict", "--port", str(self.port),
-               "--state-dir", self.state_dir, "--token", self.token, "--log-level", "warning"]
+               "--state-dir", self.state_dir, f"--token={self.token}", "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         log.close()
         _wait_http(f"{self.url}/api/health", self.proc, "clipper-nb serve")

@@ -180,7 +180,7 @@ if os.getppid() != int(os.environ.pop("CLIPPER_NB_PARENT_PID", os.getppid())):
 # environment of the workers this server starts.
 token = os.environ.pop("CLIPPER_NB_TOKEN")
 from clipper_nb.cli import main
-sys.exit(main(sys.argv[1:] + ["--token", token]))
+sys.exit(main(sys.argv[1:] + ["--token=" + token]))  # "=": a token may start with "-"
 """
 
 
@@ -237,9 +237,9 @@ class EmbeddedServer:
         end = time.monotonic() + timeout
         while not self._answers():
             if self.proc.poll() is not None:
+                code, tail = self.proc.returncode, _tail(self.log_path)
                 self.stop()
-                raise ClipperError(f"clipper-nb serve exited with code {self.proc.returncode if self.proc else '?'}",
-                                   _tail(self.log_path))
+                raise ClipperError(f"clipper-nb serve exited with code {code}", tail)
             if time.monotonic() > end:
                 self.stop()
                 raise ClipperError(f"clipper-nb serve did not answer within {timeout:.0f}s", _tail(self.log_path))

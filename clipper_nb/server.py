@@ -57,7 +57,7 @@ class Server:
                  public_predict: bool = False, **engine_options: Any) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.token = token if token is not None else secrets.token_urlsafe(24)
+        self.token = token if token is not None else secrets.token_hex(24)  # hex: safe to paste after --token
         self.public_predict = public_predict
         self.engine_config = EngineConfig(state_dir=state_dir, **engine_options)
         self.engine: Engine | None = None

@@ -229,7 +229,7 @@ def test_dashboard_page_inside_jupyter_server(chromium, tmp_path):
         jupyter_client.deploy(zeros, "jp-model", app="jp-app", slo_ms=100)
         assert requests.get(f"{prefix}/dashboard", timeout=30).status_code in (302, 401, 403)  # not logged in
         load = subprocess.Popen([sys.executable, "-m", "clipper_nb.cli", "load", "jp-app", "--url", prefix,
-                                 "--token", token, "--qps", "60", "--duration", "120s", "--features", "4",
+                                 f"--token={token}", "--qps", "60", "--duration", "120s", "--features", "4",
                                  "--distinct", "5000", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with sync_playwright() as p:
