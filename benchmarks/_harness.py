@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,10 @@ from typing import Any, Callable, Iterable
 import requests
 
 from clipper_nb.client import Client
+from clipper_nb.server import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

@@ -282,13 +282,7 @@ class Engine:
 
     @staticmethod
     def _check_slo(slo_ms: Any) -> float:
-        try:
-            slo = float(slo_ms)
-        except (TypeError, ValueError):
-            raise BadInput(f"slo_ms must be a number of milliseconds, got {slo_ms!r}") from None
-        if not 0.1 <= slo <= 600_000:
-            raise BadInput(f"slo_ms must be between 0.1 and 600000, got {slo}")
-        return slo
+        return _check_number("slo_ms", slo_ms, 0.1, 600_000, "a number of milliseconds")
 
     async def delete_app(self, name: str) -> None:
         async with self._lock:
@@ -374,12 +368,7 @@ class Engine:
         if input_type is not None:
             check_input_type(input_type)
         if batch_delay_ms is not None:
-            try:
-                batch_delay_ms = float(batch_delay_ms)
-            except (TypeError, ValueError):
-                raise BadInput(f"batch_delay_ms must be a number, got {batch_delay_ms!r}") from None
-            if not 0 <= batch_delay_ms <= 1000:
-                raise BadInput(f"batch_delay_ms must be between 0 and 1000, got {batch_delay_ms}")
+            batch_delay_ms = _check_number("batch_delay_ms", batch_delay_ms, 0, 1000)
         async with self._lock:
             model = self.models.get(name)
             versions = self.versions.setdefault(name, {})
@@ -418,7 +407,7 @@ class Engine:
                     self.apps[app] = target
                     self.policies[app] = self._make_policy(target)
                 elif slo_ms is not None:
-                    target.slo_ms = self._check_slo(slo_ms)
+                    target.slo_ms = slo_ms  # checked on the way in
                 if name not in target.models:
                     target.models.append(name)
                 await self._db(self.store.save_app, target.to_json())
@@ -871,6 +860,16 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, str):
         return "string"
     return "list" if isinstance(value, list) else type(value).__name__
+
+
+def _check_number(name: str, value: Any, low: float, high: float, what: str = "a number") -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadInput(f"{name} must be {what}, got {value!r}") from None
+    if not low <= number <= high:  # also refuses NaN
+        raise BadInput(f"{name} must be between {low:g} and {high:g}, got {number}")
+    return number
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:

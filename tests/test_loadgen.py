@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import tornado.web
 
 from clipper_nb.loadgen import (LoadResult, cli_main, parse_duration, parse_ms, run_load,
                                 run_load_sync)
+from clipper_nb.server import free_port
 
 TOKEN = "s3cret"
 
@@ -128,12 +128,6 @@ def server() -> Iterator[RunningServer]:
     thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 INPUTS = [[float(i), 0.5] for i in range(10)]
 
 
@@ -212,7 +206,7 @@ async def test_errors_carry_status_and_first_error(server: RunningServer) -> Non
 
 @pytest.mark.asyncio
 async def test_connection_refused_is_an_error_without_status() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     r = await run_load(url, "fast", INPUTS, concurrency=2, max_requests=6, timeout_s=2)
     assert r.errors == 6 and r.status_counts == {0: 6}
     assert "ClientConnectorError" in (r.first_error or "")
