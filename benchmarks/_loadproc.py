@@ -7,7 +7,7 @@ one line of JSON. Commands:
 
 * ``{"cmd": "run", "url", "app", "features", "distinct", "seed", "concurrency" | "qps",
   "duration_s", "batch_size"?, "slo_ms"?}`` -> ``{"result": LoadResult.to_dict()}``
-  (one :func:`clipper_nb.loadgen.run_load`);
+  (one :func:`clipper_nb.kernel.loadgen.run_load`);
 * ``{"cmd": "series", ..., "start_at": unix_time, "total_s", "window_s",
   "schedule": [[offset_s, slo_ms], ...]}`` -> ``{"windows": [{"t": offset_s, ...}]}``:
   back-to-back short runs, each scored against the SLO the schedule gives for its
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from clipper_nb import loadgen
-from clipper_nb.loadgen import run_load
+from clipper_nb.kernel import loadgen
+from clipper_nb.kernel.loadgen import run_load
 
 
 def _encode_bodies_fast(inputs: Any, batch_size: int | None, context: str | None) -> list[bytes]:

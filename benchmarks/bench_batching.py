@@ -8,7 +8,7 @@ Run by hand (it is not a test)::
 
 Everything is measured side by side in one run, as ratios (DESIGN.md §7): a real
 ``clipper-nb serve`` subprocess, the bare Tornado floor (``bare_tornado.py``) and the
-models' in-process compute limit, driven by ``clipper_nb.loadgen`` in a process of
+models' in-process compute limit, driven by ``clipper_nb.kernel.loadgen`` in a process of
 its own. Each figure is the median of repeated short runs. See README.md here for
 how to read the table.
 """

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _workloads import noop_model  # noqa: E402 - after the path is set
 
-from clipper_nb.server import Server  # noqa: E402
+from clipper_nb.frontend.server import Server  # noqa: E402
 
 
 async def profile(queries: int, in_flight: int, rounds: int, hits: bool, top: int) -> None:

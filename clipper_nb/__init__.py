@@ -8,7 +8,7 @@ The public surface::
     c.predict("my-app", x)
 
 and, in IPython, ``%load_ext clipper_nb`` for the ``%clipper`` magics. Imports are
-lazy so that a worker process (``python -m clipper_nb.worker``) pays for none of it.
+lazy so that a worker process (``python -m clipper_nb.containers.worker``) pays for none of it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "Client": ("client", "Client"), "connect": ("client", "connect"),
-    "Engine": ("engine", "Engine"), "EngineConfig": ("engine", "EngineConfig"),
-    "Server": ("server", "Server"),
+    "Client": ("kernel.client", "Client"), "connect": ("kernel.client", "connect"),
+    "Engine": ("engine.facade", "Engine"), "EngineConfig": ("engine.facade", "EngineConfig"),
+    "Server": ("frontend.server", "Server"),
     **{name: ("errors", name) for name in ("BadInput", "ClipperError", "Conflict", "DeployError", "ModelError",
                                            "NotFound", "Unauthorized", "Unavailable", "UserError")},
 }
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext clipper_nb``: register the ``%clipper`` magics."""
-    from .magics import load_ipython_extension as load
+    from clipper_nb.kernel.magics import load_ipython_extension as load
 
     load(ipython)
 

@@ -11,7 +11,7 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import Server
+    from clipper_nb.frontend.server import Server
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(name)s %(message)s")
     token = args.token or os.environ.get("CLIPPER_NB_TOKEN") or None
@@ -37,13 +37,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from clipper_nb.demo import run_demo
 
     return run_demo(replicas=args.replicas, queries=args.queries)
 
 
 def _load(argv: list[str]) -> int:
-    from .loadgen import cli_main
+    from clipper_nb.kernel.loadgen import cli_main
 
     return cli_main(argv)
 

@@ -34,7 +34,7 @@ def _train():
 
 
 def run_demo(replicas: int = 1, queries: int = 200) -> int:
-    from .server import Server
+    from clipper_nb.frontend.server import Server
 
     X, y, lr, net = _train()
     rows = []

@@ -99,12 +99,12 @@ QUICKSTART = [
 
         The query API is Clipper's: `POST <prefix>/<app>/predict` with `{"input": [...]}`. Inside
         Jupyter it sits behind Jupyter's authentication, so a client sends the server's token.
-        `clipper_nb.discovery.discover()` finds it for this kernel (we never print it).
+        `clipper_nb.kernel.discovery.discover()` finds it for this kernel (we never print it).
     """),
     code("""
         import os
         import requests
-        from clipper_nb.discovery import discover
+        from clipper_nb.kernel.discovery import discover
 
         TOKEN = discover()["token"]
         answer = requests.post(f"{c.url}/digits/predict", json={"input": X_test[0].tolist()},
@@ -358,7 +358,7 @@ BATCHING = [
 
         ## The AIMD saw-tooth
 
-        The controller is pure logic (`clipper_nb.batching.AIMDController`), so we can step
+        The controller is pure logic (`clipper_nb.abstraction.batching.AIMDController`), so we can step
         it by hand against the `sleepy` model's cost (with 10% noise): the cap climbs by 4
         rows per batch that fits the objective and drops by 10% when one does not, a
         saw-tooth around the largest batch that fits. Halfway we tighten the SLO from 100 to
@@ -368,7 +368,7 @@ BATCHING = [
         from bokeh.io import output_notebook, show
         from bokeh.plotting import figure
         from bokeh.resources import INLINE
-        from clipper_nb.batching import AIMDController, objective_for_slo
+        from clipper_nb.abstraction.batching import AIMDController, objective_for_slo
 
         output_notebook(INLINE, hide_banner=True)
         rng = np.random.default_rng(1)

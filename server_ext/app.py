@@ -12,7 +12,7 @@ or ``jupyter lab --ClipperNB.default_slo_ms=50``.
 
 Discovery: at load time the extension exports ``CLIPPER_NB_JUPYTER_INFO`` (the path
 of the server's ``jpserver-<pid>.json`` runtime file) into the server's environment,
-which every kernel the server starts inherits; :mod:`clipper_nb.discovery` reads the
+which every kernel the server starts inherits; :mod:`clipper_nb.kernel.discovery` reads the
 URL and token from that file. The token itself is never put in an environment
 variable, so ``!env`` in a notebook cannot print it.
 """
@@ -27,8 +27,8 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
-from clipper_nb.discovery import ENV_JUPYTER_INFO
-from clipper_nb.engine import Engine, EngineConfig
+from clipper_nb.kernel.discovery import ENV_JUPYTER_INFO
+from clipper_nb.engine.facade import Engine, EngineConfig
 from clipper_nb.errors import Unavailable
 
 from .handlers import URL_PREFIX, make_handlers

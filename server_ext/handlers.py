@@ -1,6 +1,6 @@
 """The clipper-nb HTTP API behind Jupyter's authentication and authorization.
 
-:mod:`clipper_nb.api` holds the handlers as mixins over no base class; here each one
+:mod:`clipper_nb.frontend.api` holds the handlers as mixins over no base class; here each one
 is combined with jupyter_server's ``APIHandler`` and every HTTP method it defines is
 wrapped in ``@web.authenticated`` and ``@authorized`` (resource ``"clipper"``, action
 ``read`` for GET, ``write`` for POST/PATCH/DELETE), so the Jupyter identity provider
@@ -18,7 +18,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from clipper_nb import api
+from clipper_nb.frontend import api
 from clipper_nb.errors import ClipperError, NotFound
 
 #: The resource name Jupyter authorizers see for every clipper-nb endpoint.
@@ -94,7 +94,7 @@ def _guard(method: Callable, public: bool) -> Callable:
 
 
 def compose(mixin: type, public_predict: bool) -> type:
-    """``mixin`` (from :func:`clipper_nb.api.routes`) as a Jupyter handler class."""
+    """``mixin`` (from :func:`clipper_nb.frontend.api.routes`) as a Jupyter handler class."""
     public = public_predict and mixin.access == "predict"
     attrs: dict[str, Any] = {"access": mixin.access, "public": public, "__module__": __name__,
                              "engine": ClipperJupyterHandler.engine}  # over ApiMixin.engine

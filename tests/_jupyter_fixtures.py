@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from clipper_nb.server import free_port
+from clipper_nb.frontend.server import free_port
 from conftest import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ property of the model, not of timing) and ``group`` the user group of the contex
 scenario. The true label of query ``q`` is :func:`true_label`.
 
 These classes live in a module outside any installed package, so
-``clipper_nb.artifact`` pickles them by value and the worker processes need not
+``clipper_nb.wire.artifact`` pickles them by value and the worker processes need not
 import the tests.
 """
 

@@ -84,7 +84,7 @@ def from_frontend(widget: Any, **state: Any) -> None:
 
 class Constant:
     """A model that answers ``value`` for every row (cheap: the tests measure the
-    widgets). A class, not a function, so that clipper_nb.artifact pickles this
+    widgets). A class, not a function, so that clipper_nb.wire.artifact pickles this
     module by value and the workers need not import the tests."""
 
     def __init__(self, value: int) -> None:

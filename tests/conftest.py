@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from clipper_nb.client import Client
-from clipper_nb.server import Server, free_port
+from clipper_nb.kernel.client import Client
+from clipper_nb.frontend.server import Server, free_port
 
 TOKEN = "test-token-not-secret"
 
@@ -25,7 +25,7 @@ TOKEN = "test-token-not-secret"
 def worker_pids(marker: str, include_fork_server: bool = False) -> list[int]:
     """Pids of live worker processes whose command line contains ``marker``.
 
-    Workers forked by the fork server share its command line (``clipper_nb.spawner
+    Workers forked by the fork server share its command line (``clipper_nb.containers.forkserver
     --tag STATE_DIR``) and are told apart by their process name, ``clipper-worker``.
     """
     pids = []
@@ -43,8 +43,8 @@ def worker_pids(marker: str, include_fork_server: bool = False) -> list[int]:
         state = stat.rsplit(")", 1)[1].split()[0]
         if marker not in cmd or state == "Z":
             continue
-        forked = "clipper_nb.spawner" in cmd
-        if "clipper_nb.worker" in cmd or (forked and (name == "clipper-worker" or include_fork_server)):
+        forked = "clipper_nb.containers.forkserver" in cmd
+        if "clipper_nb.containers.worker" in cmd or (forked and (name == "clipper-worker" or include_fork_server)):
             pids.append(int(entry))
     return pids
 

@@ -21,9 +21,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper_nb.batching import objective_for_slo
-from clipper_nb.client import Client
-from clipper_nb.loadgen import run_load
+from clipper_nb.abstraction.batching import objective_for_slo
+from clipper_nb.kernel.client import Client
+from clipper_nb.kernel.loadgen import run_load
 from conftest import TOKEN, ServeProcess, wait_until, worker_pids
 
 AUTH = {"Authorization": f"token {TOKEN}"}

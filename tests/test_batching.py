@@ -1,4 +1,4 @@
-"""Tests of clipper_nb.batching: the AIMD controller (pure) and the BatchQueue.
+"""Tests of clipper_nb.abstraction.batching: the AIMD controller (pure) and the BatchQueue.
 
 The controller is fed observations directly. The queue runs on the test's event loop
 with a :class:`FakeClock` for deadlines (the queue's waits are real, but short).
@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from clipper_nb.batching import (DEFAULT_BACKOFF, PROBE_AFTER_S, SLO_FRACTION, AIMDController, BatchQueue,
+from clipper_nb.abstraction.batching import (DEFAULT_BACKOFF, PROBE_AFTER_S, SLO_FRACTION, AIMDController, BatchQueue,
                                  DeadlineMissed, QueuedQuery, objective_for_slo)
 
 # ---- AIMD controller ---------------------------------------------------------------

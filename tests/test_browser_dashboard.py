@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from _widgets_fixtures import ARTIFACTS, chromium, launch, ones, zeros  # noqa: F401 - fixture
-from clipper_nb.server import free_port
-from clipper_nb.client import Client
+from clipper_nb.frontend.server import free_port
+from clipper_nb.kernel.client import Client
 from conftest import TOKEN, wait_until, worker_pids
 
 pytestmark = pytest.mark.browser

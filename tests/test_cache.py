@@ -1,4 +1,4 @@
-"""Tests of clipper_nb.cache: the byte-bounded CLOCK prediction cache. Pure, no I/O."""
+"""Tests of clipper_nb.abstraction.cache: the byte-bounded CLOCK prediction cache. Pure, no I/O."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from clipper_nb.cache import ENTRY_OVERHEAD, PredictionCache, value_size
+from clipper_nb.abstraction.cache import ENTRY_OVERHEAD, PredictionCache, value_size
 
 UNIT = 100  # the payload size given to put(); an entry then costs UNIT + ENTRY_OVERHEAD
 

@@ -7,7 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from clipper_nb import artifact, codec
+from clipper_nb.wire import artifact
+from clipper_nb.wire import codec
 from clipper_nb.errors import BadInput, DeployError
 
 

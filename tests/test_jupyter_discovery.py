@@ -1,4 +1,4 @@
-"""clipper_nb.discovery: how a kernel finds its server (no Jupyter needed here)."""
+"""clipper_nb.kernel.discovery: how a kernel finds its server (no Jupyter needed here)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from _jupyter_fixtures import process_alive
-from clipper_nb import discovery
-from clipper_nb.client import Client, connect
+from clipper_nb.kernel import discovery
+from clipper_nb.kernel.client import Client, connect
 from conftest import wait_until, worker_pids
 
 
@@ -108,7 +108,7 @@ def test_embedded_server_stops_with_its_workers(tmp_path):
 def test_embedded_server_dies_with_a_killed_parent(tmp_path):
     """kill -9 of the kernel that ran %clipper start: no atexit, PR_SET_PDEATHSIG stops serve."""
     script = ("import sys, time\n"
-              "from clipper_nb.discovery import EmbeddedServer\n"
+              "from clipper_nb.kernel.discovery import EmbeddedServer\n"
               "s = EmbeddedServer(state_dir=sys.argv[1]).start()\n"
               "print(s.proc.pid, flush=True)\n"
               "time.sleep(300)\n")

@@ -1,4 +1,4 @@
-"""Tests of clipper_nb.loadgen against a real Tornado server on a free loopback port.
+"""Tests of clipper_nb.kernel.loadgen against a real Tornado server on a free loopback port.
 
 The server runs on its own event loop in a thread, so both the async tests and the
 blocking CLI (which calls asyncio.run) can use it. Each "app" name selects a
@@ -19,9 +19,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from clipper_nb.loadgen import (LoadResult, cli_main, parse_duration, parse_ms, run_load,
+from clipper_nb.kernel.loadgen import (LoadResult, cli_main, parse_duration, parse_ms, run_load,
                                 run_load_sync)
-from clipper_nb.server import free_port
+from clipper_nb.frontend.server import free_port
 
 TOKEN = "s3cret"
 

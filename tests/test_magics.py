@@ -10,7 +10,7 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from clipper_nb import discovery
+from clipper_nb.kernel import discovery
 from conftest import TOKEN
 
 

@@ -1,4 +1,4 @@
-"""Tests of clipper_nb.metrics: pure logic, explicit clocks, no I/O."""
+"""Tests of clipper_nb.engine.metrics: pure logic, explicit clocks, no I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clipper_nb.metrics import LATENCY_BOUNDS_S, Metrics, estimate_percentiles
+from clipper_nb.engine.metrics import LATENCY_BOUNDS_S, Metrics, estimate_percentiles
 
 BUCKET_RATIO = 10 ** (1 / 16) * 1.01  # one bucket's width, with slack for the 3-digit rounding
 T0 = 1_000_000.0

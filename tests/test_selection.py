@@ -1,4 +1,4 @@
-"""Tests for clipper_nb.selection: pure, seeded, fast (no server, no clock)."""
+"""Tests for clipper_nb.selection.policies: pure, seeded, fast (no server, no clock)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from clipper_nb.selection import (
+from clipper_nb.selection.policies import (
     LOSSES, POLICIES, Combined, EpsilonGreedyPolicy, Exp3Policy, Exp4Policy, SelectionState,
     ThompsonPolicy, combine_outputs, make_loss, make_policy, zero_one_loss,
 )

@@ -29,9 +29,9 @@ import requests
 from _selection_fixtures import (
     ResidueClassifier, SyntheticClassifier, predict_then_feedback, query, run_on_server_loop, true_label, warm,
 )
-from clipper_nb.client import Client
+from clipper_nb.kernel.client import Client
 from clipper_nb.errors import BadInput, NotFound, Unavailable
-from clipper_nb.server import Server
+from clipper_nb.frontend.server import Server
 
 if TYPE_CHECKING:  # the fixture's type only; conftest is pytest's to import
     from conftest import ServeProcess

@@ -18,8 +18,8 @@ from jupyter_server.auth import Authorizer
 from pytest_jupyter.jupyter_server import *  # noqa: F403 - the jp_* fixtures
 from tornado.httpclient import HTTPClientError
 
-from clipper_nb import api
-from clipper_nb.client import Client
+from clipper_nb.frontend import api
+from clipper_nb.kernel.client import Client
 from clipper_nb.errors import NotFound
 from clipper_nb.server_ext.handlers import defined_methods
 from conftest import wait_until, worker_pids

@@ -269,7 +269,7 @@ def test_demo_command_exits_zero():
 
 
 def test_workers_also_run_as_fresh_interpreters_without_the_fork_server(tmp_path):
-    from clipper_nb.server import Server
+    from clipper_nb.frontend.server import Server
 
     with Server(state_dir=str(tmp_path / "s"), port=0, token=TOKEN, fork_server=False).start_in_thread() as srv:
         c = srv.client()
@@ -278,5 +278,5 @@ def test_workers_also_run_as_fresh_interpreters_without_the_fork_server(tmp_path
         pids = worker_pids(str(tmp_path))
         assert len(pids) == 1
         with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
-            assert b"clipper_nb.worker" in f.read()  # not a fork of clipper_nb.spawner
+            assert b"clipper_nb.containers.worker" in f.read()  # not a fork of clipper_nb.containers.forkserver
     wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="exit")

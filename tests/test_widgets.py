@@ -15,7 +15,7 @@ import pytest
 
 from _widgets_fixtures import comms, from_frontend, ones, zeros  # noqa: F401 - fixture
 from clipper_nb.errors import NotFound
-from clipper_nb.server import Server
+from clipper_nb.frontend.server import Server
 from clipper_nb.widgets import Dashboard, SLOTuner, WeightsView
 from conftest import TOKEN, wait_until, worker_pids
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clipper_nb.metrics import Metrics
+from clipper_nb.engine.metrics import Metrics
 from clipper_nb.widgets.plots import FIGURES, PlotSet, series_columns
 from clipper_nb.widgets.ticks import APP_CONTEXT, Cursor, replica_label, tick
 

@@ -3,7 +3,7 @@
 >>> from clipper_nb.widgets import Dashboard
 >>> Dashboard("digits")        # in a notebook; client defaults to clipper_nb.connect()  # doctest: +SKIP
 
-Imports are lazy: the standalone dashboard page (``clipper_nb.dashboard``) uses the
+Imports are lazy: the standalone dashboard page (``clipper_nb.frontend.dashboard``) uses the
 Bokeh parts (:mod:`.plots`, :mod:`.ticks`) inside the server, without ipywidgets.
 """
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import ipywidgets as W
 import numpy as np
 
-from ..loadgen import run_load
-from ..selection import POLICIES
+from clipper_nb.kernel.loadgen import run_load
+from clipper_nb.selection.policies import POLICIES
 from .ticks import APP_CONTEXT
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def update_contexts(dd: W.Dropdown, contexts: Sequence[str]) -> None:
 class LoadPanel:
     """A load generator toggle and a QPS slider for demos.
 
-    Runs :func:`clipper_nb.loadgen.run_load` (open loop, Poisson arrivals) as a task on
+    Runs :func:`clipper_nb.kernel.loadgen.run_load` (open loop, Poisson arrivals) as a task on
     the kernel's loop with a ``stop`` event. Bounded: at most ``max_qps`` and
     ``max_s`` seconds a run; it stops with the view. Moving the slider while it runs
     restarts it at the new rate.

@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import ipywidgets as W
 
-from ..client import Client
+from clipper_nb.kernel.client import Client
 from .plots import PlotSet
 from .ticks import APP_CONTEXT, Cursor, Tick, tick
 

@@ -4,7 +4,7 @@ A live view polls ``GET api/metrics?since=T`` and hands the JSON to :func:`tick`
 together with a :class:`Cursor` (what it has streamed so far). :func:`tick` returns
 the columns to append to each plot's data source, the numbers for the header and
 the next cursor. It does no I/O and reads no clock, so it is tested directly; the
-standalone page (``clipper_nb.dashboard``) runs a JavaScript port of it.
+standalone page (``clipper_nb.frontend.dashboard``) runs a JavaScript port of it.
 
 Series keys name a data source (the part before the first ``/`` names its plot):
 

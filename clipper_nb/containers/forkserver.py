@@ -3,7 +3,7 @@
 A worker's start-up is mostly imports: numpy, ZeroMQ, and above all the model's own
 libraries (scikit-learn pulls scipy and pandas: 2-3 s of CPU on these machines; torch
 more). A replica that died must be back within seconds even on a busy machine, so
-each interpreter gets one long-lived *fork server* (``python -m clipper_nb.spawner``)
+each interpreter gets one long-lived *fork server* (``python -m clipper_nb.containers.forkserver``)
 that has imported all that once; a new worker is a ``fork()`` of it.
 
 Protocol: JSON lines. The frontend writes ``{"id", "argv", "env", "cwd", "log",
@@ -24,7 +24,7 @@ import signal
 import sys
 from typing import Any
 
-log = logging.getLogger("clipper_nb.spawner")
+log = logging.getLogger("clipper_nb.containers.forkserver")
 
 
 # ====================================================================== frontend side
@@ -79,7 +79,7 @@ class ForkServer:
         if self._proc is not None and self._proc.returncode is None:
             return
         self._proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "clipper_nb.spawner", *(["--tag", self.tag] if self.tag else []), stdin=asyncio.subprocess.PIPE,
+            self.python, "-m", "clipper_nb.containers.forkserver", *(["--tag", self.tag] if self.tag else []), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=False)
         self._reader = asyncio.ensure_future(self._read(self._proc))
 
@@ -204,7 +204,7 @@ def _child(req: dict) -> None:
         sys.path[:0] = [p for p in extra if p not in sys.path]
         if req.get("cwd"):
             os.chdir(req["cwd"])
-        from clipper_nb import worker
+        from clipper_nb.containers import worker
 
         code = worker.main(req["argv"])
     except SystemExit as e:
@@ -222,7 +222,7 @@ def _child(req: dict) -> None:
 
 
 def main() -> int:
-    from clipper_nb import worker  # noqa: F401 - the point: import once, fork many
+    from clipper_nb.containers import worker  # noqa: F401 - the point: import once, fork many
 
     worker._die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

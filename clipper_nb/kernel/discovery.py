@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any
 
-log = logging.getLogger("clipper_nb.discovery")
+log = logging.getLogger("clipper_nb.kernel.discovery")
 
 #: Exported by the Jupyter extension into the server's environment (and so its kernels').
 ENV_JUPYTER_INFO = "CLIPPER_NB_JUPYTER_INFO"
@@ -218,8 +218,8 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 60.0) -> "EmbeddedServer":
         """Start the server and return once it answers; raise ``ClipperError`` if it fails."""
-        from .errors import ClipperError
-        from .server import free_port
+        from clipper_nb.errors import ClipperError
+        from clipper_nb.frontend.server import free_port
 
         self.port = self.port or free_port()
         os.makedirs(self.state_dir, exist_ok=True)

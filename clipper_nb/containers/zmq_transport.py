@@ -17,10 +17,10 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
-from . import codec
-from .errors import ModelError
+from clipper_nb.wire import codec
+from clipper_nb.errors import ModelError
 
-log = logging.getLogger("clipper_nb.rpc")
+log = logging.getLogger("clipper_nb.containers.zmq_transport")
 
 HEARTBEAT_S = 0.5
 

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import numpy as np
 import requests
 
-from . import artifact
-from .codec import to_jsonable
-from .errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, ModelError, NotFound,
+from clipper_nb.wire import artifact
+from clipper_nb.wire.codec import to_jsonable
+from clipper_nb.errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, ModelError, NotFound,
                      PayloadTooLarge, Unauthorized, Unavailable, UserError)
 
 _BY_STATUS = {400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
@@ -196,7 +196,7 @@ class Client:
         return self._request("GET", "api/metrics", params={"since": since} if since is not None else None)
 
     def dashboard(self, app: str, **options: Any):
-        from .widgets import Dashboard
+        from clipper_nb.widgets import Dashboard
 
         return Dashboard(app, client=self, **options)
 
@@ -230,7 +230,7 @@ def connect(url: str | None = None, token: str | None = None) -> Client:
             token = token or os.environ.get("CLIPPER_NB_TOKEN")
     if url is None:
         try:
-            from .discovery import discover
+            from clipper_nb.kernel.discovery import discover
         except ImportError:
             discover = None
         found = discover() if discover is not None else None

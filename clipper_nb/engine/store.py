@@ -36,7 +36,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_name(kind: str, name: str) -> str:
     """Names become URL segments and folder names: keep them plain."""
-    from .errors import BadInput
+    from clipper_nb.errors import BadInput
 
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         raise BadInput(f"invalid {kind} name {name!r}",

@@ -13,7 +13,7 @@ default output, not an error) answered within the SLO.
 
 Example::
 
-    from clipper_nb.loadgen import run_load_sync
+    from clipper_nb.kernel.loadgen import run_load_sync
     r = run_load_sync("http://127.0.0.1:8080", "digits", [[0.0] * 784],
                       concurrency=16, duration_s=5, slo_ms=20)
     print(r.summary_line())

@@ -25,16 +25,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import artifact as artifact_mod
-from . import batching, selection
-from .codec import check_input_type, decode_input, input_digest, to_jsonable
-from .deployment import Deployment, DeploymentConfig
-from .spawner import ForkServer
-from .errors import BadInput, ClipperError, Conflict, DeployError, ModelError, NotFound, Unavailable
-from .batching import DeadlineMissed
-from .store import Store, check_name
+from clipper_nb.wire import artifact as artifact_mod
+from clipper_nb.abstraction import batching
+from clipper_nb.selection import policies as selection
+from clipper_nb.wire.codec import check_input_type, decode_input, input_digest, to_jsonable
+from clipper_nb.abstraction.model_version import Deployment, DeploymentConfig
+from clipper_nb.containers.forkserver import ForkServer
+from clipper_nb.errors import BadInput, ClipperError, Conflict, DeployError, ModelError, NotFound, Unavailable
+from clipper_nb.abstraction.batching import DeadlineMissed
+from clipper_nb.engine.store import Store, check_name
 
-log = logging.getLogger("clipper_nb.engine")
+log = logging.getLogger("clipper_nb.engine.facade")
 
 APP_FIELDS = {"input_type", "default_output", "slo_ms", "policy", "policy_options", "cache",
               "confidence_threshold", "low_confidence", "loss", "loss_scale", "straggler_mitigation"}
@@ -94,7 +95,7 @@ class Engine:
     def __init__(self, config: EngineConfig, metrics: Any = None) -> None:
         self.config = config
         if metrics is None:
-            from .metrics import Metrics
+            from clipper_nb.engine.metrics import Metrics
 
             metrics = Metrics()
         self.metrics = metrics
@@ -121,7 +122,7 @@ class Engine:
     # ================================================================== lifecycle
     async def start(self, wait: bool = True) -> None:
         """Open the store, bring back every app and model, start their replicas."""
-        from .rpc import Router
+        from clipper_nb.containers.zmq_transport import Router
 
         self._router = Router()
         self._router.start()

@@ -18,15 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import batching
-from .batching import AIMDController, BatchQueue, DeadlineMissed, QueuedQuery
-from .cache import PredictionCache
-from .codec import input_digest
-from .errors import DeployError, ModelError, Unavailable
-from .rpc import Replica, ReplicaLost, Router
-from .spawner import ForkServer
+from clipper_nb.abstraction import batching
+from clipper_nb.abstraction.batching import AIMDController, BatchQueue, DeadlineMissed, QueuedQuery
+from clipper_nb.abstraction.cache import PredictionCache
+from clipper_nb.wire.codec import input_digest
+from clipper_nb.errors import DeployError, ModelError, Unavailable
+from clipper_nb.containers.zmq_transport import Replica, ReplicaLost, Router
+from clipper_nb.containers.forkserver import ForkServer
 
-log = logging.getLogger("clipper_nb.deployment")
+log = logging.getLogger("clipper_nb.abstraction.model_version")
 
 _replica_serial = itertools.count(1)
 MAX_ATTEMPTS = 2  # a batch whose replica dies is retried once on another replica
@@ -143,7 +143,7 @@ class Deployment:
         else:
             with open(log_path, "ab") as log_file:
                 slot.process = await asyncio.create_subprocess_exec(
-                    cfg.python, "-m", "clipper_nb.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
+                    cfg.python, "-m", "clipper_nb.containers.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file, stderr=log_file, env=env, cwd=cwd)
         slot.started_at = time.monotonic()
         self._spawn(self._watch_process(slot, replica, slot.process))

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import DeployError
+from clipper_nb.errors import DeployError
 
 KINDS = ("sklearn", "torch", "callable")
 SKLEARN_METHODS = ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform", "score_samples")

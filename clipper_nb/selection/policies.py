@@ -28,7 +28,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .codec import to_jsonable
+from clipper_nb.wire.codec import to_jsonable
 
 __all__ = [
     "LOSSES", "POLICIES", "Combined", "EpsilonGreedyPolicy", "Exp3Policy", "Exp4Policy",

@@ -7,7 +7,7 @@
     %clipper query digits X[0]
     %clipper apps / models / status      # pandas DataFrames
 
-The server is found with no input inside Jupyter (see :mod:`clipper_nb.discovery`);
+The server is found with no input inside Jupyter (see :mod:`clipper_nb.kernel.discovery`);
 elsewhere ``%clipper connect URL --token T`` or ``%clipper start``. A user mistake is
 one line (IPython's ``UsageError``), never a traceback, and the token is never
 printed: curl lines read it from ``$CLIPPER_NB_TOKEN``.
@@ -29,10 +29,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from . import discovery
-from .client import Client, connect
-from .errors import ClipperError, Forbidden, Unauthorized
-from .loadgen import parse_duration, parse_ms
+from clipper_nb.kernel import discovery
+from clipper_nb.kernel.client import Client, connect
+from clipper_nb.errors import ClipperError, Forbidden, Unauthorized
+from clipper_nb.kernel.loadgen import parse_duration, parse_ms
 
 #: Bounds of ``%clipper load`` so a typo cannot flood the machine for hours.
 MAX_LOAD_S = 600.0
@@ -298,7 +298,7 @@ class ClipperMagics(Magics):
     @argument("--stop", action="store_true", help="stop the running load on APP")
     def _load(self, args: Any, cell: str | None) -> Any:
         """Background load on an application, with a progress line; never more than one per app."""
-        from .loadgen import run_load
+        from clipper_nb.kernel.loadgen import run_load
 
         running = self.loads.get(args.app)
         if args.stop:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import BadInput
+from clipper_nb.errors import BadInput
 
 #: Clipper's input type names, and the numpy dtype each decodes to. JSON numbers are
 #: doubles, so "floats" keeps float64 on the wire (nothing is lost before the model

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 import tornado.web
 
-from .codec import to_jsonable
-from .errors import BadInput, ClipperError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from clipper_nb.wire.codec import to_jsonable
+from clipper_nb.errors import BadInput, ClipperError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 
-log = logging.getLogger("clipper_nb.api")
+log = logging.getLogger("clipper_nb.frontend.api")
 
 #: Largest query body accepted (deploys may be larger: they carry the artifact).
 MAX_QUERY_BYTES = 16 << 20
@@ -338,7 +338,7 @@ def routes() -> list[tuple[str, type]]:
 def _optional_routes() -> list[tuple[str, type]]:
     """Routes of modules that may be absent in a minimal install (the dashboard page)."""
     try:
-        from .dashboard import routes as dashboard_routes
+        from clipper_nb.frontend.dashboard import routes as dashboard_routes
     except ImportError:
         return []
     return dashboard_routes()

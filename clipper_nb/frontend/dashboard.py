@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .api import ApiMixin
+from clipper_nb.frontend.api import ApiMixin
 
 __all__ = ["DashboardPageHandler", "PageSpec", "page_spec", "render_page", "routes"]
 
@@ -74,7 +74,7 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
     from bokeh.models import CustomJS, Div
     from bokeh.resources import INLINE
 
-    from .widgets.plots import PlotSet
+    from clipper_nb.widgets.plots import PlotSet
 
     sources: dict[str, Any] = {}
     headers: dict[str, Any] = {}

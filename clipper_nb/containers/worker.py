@@ -1,4 +1,4 @@
-"""A model container: one OS process per replica (``python -m clipper_nb.worker``).
+"""A model container: one OS process per replica (``python -m clipper_nb.containers.worker``).
 
 Protocol (ZeroMQ DEALER here, ROUTER at the frontend; every message is multipart):
 
@@ -29,7 +29,8 @@ import traceback
 
 import zmq
 
-from . import artifact, codec
+from clipper_nb.wire import artifact
+from clipper_nb.wire import codec
 
 HEARTBEAT_S = 0.5
 
@@ -124,7 +125,7 @@ def _run_batch(sock: zmq.Socket, predictor: artifact.Predictor, frames: list) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clipper_nb.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m clipper_nb.containers.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--frontend", required=True, help="ZeroMQ address of the frontend's ROUTER socket")
     parser.add_argument("--identity", required=True, help="this replica's name on the socket")
     parser.add_argument("--artifact", required=True, help="folder holding model.pkl and meta.json")

@@ -17,10 +17,10 @@ from typing import Any
 import tornado.httpserver
 import tornado.web
 
-from . import api
-from .engine import Engine, EngineConfig
+from clipper_nb.frontend import api
+from clipper_nb.engine.facade import Engine, EngineConfig
 
-log = logging.getLogger("clipper_nb.server")
+log = logging.getLogger("clipper_nb.frontend.server")
 
 #: Deploy bodies carry whole models; query bodies are checked against a smaller limit.
 MAX_BODY_BYTES = 2 << 30
@@ -136,7 +136,7 @@ class Server:
         self._thread.join(timeout)
 
     def client(self):
-        from .client import Client
+        from clipper_nb.kernel.client import Client
 
         return Client(self.url, token=self.token)
 
