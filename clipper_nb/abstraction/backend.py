@@ -1,0 +1,103 @@
+"""The replica-backend interface: the seam between the abstraction layer and whatever runs models.
+
+Clipper's model abstraction layer (cache, batching, AIMD, the model-version query
+path) never knows *how* a replica runs. It asks a :class:`ReplicaBackend` to start
+replicas from a :class:`ReplicaSpec` and gets back :class:`ReplicaHandle` objects that
+run batches and report their death. Implementations:
+
+* :class:`clipper_nb.containers.process_backend.ProcessBackend` - worker processes over
+  ZeroMQ (the default);
+* :class:`clipper_nb.abstraction.inprocess.InProcessBackend` - the model called on the
+  event loop with a scripted latency: deterministic, for tests of the query path;
+* a Ray backend (replicas as Ray actors) plugs in here too.
+
+Contract, for every implementation:
+
+* ``start_replica`` returns only once the replica can take a batch (state ``idle``);
+  when the model cannot load it raises :class:`~clipper_nb.errors.DeployError` naming
+  the cause.
+* ``run_batch(inputs)`` returns ``(outputs, meta)`` with one output per input and
+  ``meta["compute_ms"]``, the replica's own compute time (what AIMD steers on). It
+  raises :class:`~clipper_nb.errors.ModelError` when the model raised (the replica is
+  still alive) and :class:`ReplicaLost` when the replica died or hung with the batch
+  (the batch may be retried on another replica).
+* A replica that dies at any time calls ``on_dead(handle, cause)`` exactly once.
+* ``stop()`` ends the replica; afterwards nothing it ran survives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+__all__ = ["OnDead", "ReplicaBackend", "ReplicaHandle", "ReplicaLost", "ReplicaSpec", "REPLICA_STATES"]
+
+#: ``starting`` -> ``idle`` <-> ``busy`` -> ``dead``
+REPLICA_STATES = ("starting", "idle", "busy", "dead")
+
+
+class ReplicaLost(Exception):
+    """The replica died or hung while it held a batch; the batch may be retried elsewhere."""
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What one replica of a model version needs, whatever runs it."""
+
+    model: str
+    version: str
+    index: int
+    artifact_dir: str
+    log_dir: str
+    device: str
+    python: str
+    cwd: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    #: modules a backend may import ahead of time (the fork server's warm interpreter)
+    preload: Sequence[str] = ()
+    #: compute threads for the model (None: the backend's choice or the user's env)
+    threads: int | None = None
+    start_timeout_s: float = 120.0
+    heartbeat_timeout_s: float = 5.0
+    hang_timeout_s: float = 60.0
+
+    @property
+    def log_path(self) -> str:
+        """Where the replica's stdout and stderr go (model prints, tracebacks)."""
+        return f"{self.log_dir}/{self.model}-{self.version}-{self.index}.log"
+
+
+class ReplicaHandle(Protocol):
+    """One running replica, as the abstraction layer sees it."""
+
+    #: ``model:version:index:serial``; never carries a secret
+    name: str
+    #: one of :data:`REPLICA_STATES`
+    state: str
+    #: what the replica reported when it started (``pid``, ``device``, ...)
+    info: dict[str, Any]
+    #: why it died, once ``state == "dead"``
+    death_cause: str | None
+    #: the OS process id where one exists (None for in-process and remote replicas)
+    pid: int | None
+
+    async def run_batch(self, inputs: list) -> tuple[list, dict]: ...
+
+    async def stop(self) -> None: ...
+
+
+#: Called once when a replica dies: ``on_dead(handle, cause)``.
+OnDead = Callable[[ReplicaHandle, str], None]
+
+
+class ReplicaBackend(Protocol):
+    """Starts replicas; owns whatever they share (a socket, fork servers, a cluster connection)."""
+
+    #: ``"process"``, ``"inprocess"``, ``"ray"``
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def start_replica(self, spec: ReplicaSpec, on_dead: OnDead) -> ReplicaHandle: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,75 @@
+"""Every serving knob, declared once: :class:`ClipperNB`.
+
+The Jupyter extension and ``clipper-nb serve`` both read this one traitlets
+``Configurable``, so a knob is set the same way everywhere::
+
+    c.ClipperNB.default_slo_ms = 50             # jupyter_server_config.py or a serve config file
+    jupyter lab --ClipperNB.batch_delay_ms=0
+    clipper-nb serve --ClipperNB.cache_mb=64    # or the short alias --cache-mb=64
+
+``clipper-nb serve --help-all`` and ``jupyter server --help-all`` list the same knobs.
+Each default is written here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from traitlets import Bool, Dict, Float, Integer, Unicode
+from traitlets.config import Configurable
+
+__all__ = ["ClipperNB", "DEFAULT_SLO_MS"]
+
+#: Latency objective of an application registered without one (ms).
+DEFAULT_SLO_MS = 100.0
+
+
+class ClipperNB(Configurable):
+    """Knobs of one clipper-nb frontend (engine, batching, replicas, HTTP exposure)."""
+
+    state_dir = Unicode(
+        "clipper-state",
+        help="Directory of every app, model version and selection weight (SQLite + artifacts). "
+             "Restarting the server brings back everything stored here. The Jupyter extension "
+             "defaults to <jupyter data dir>/clipper_nb.",
+    ).tag(config=True)
+    public_predict = Bool(
+        False,
+        help="Let anonymous callers use the query API (<prefix><app>/predict and /update). "
+             "The management and metrics APIs always need credentials.",
+    ).tag(config=True)
+    default_slo_ms = Float(DEFAULT_SLO_MS, help="Latency objective (ms) of applications registered without one.").tag(
+        config=True)
+    cache_mb = Float(32.0, help="Prediction cache size per model version, in MiB (0 turns the cache off).").tag(
+        config=True)
+    batch_delay_ms = Float(
+        2.0, help="Delayed batching: how long a replica waits for more queries when its batch is not full (ms).",
+    ).tag(config=True)
+    max_batch_rows = Integer(
+        10_000, help="Most rows in one input_batch request, and the largest fixed batch size a model may use.",
+    ).tag(config=True)
+    max_contexts = Integer(
+        10_000, help="Selection contexts kept per application (least recently updated evicted first).",
+    ).tag(config=True)
+    start_timeout_s = Float(120.0, help="How long a worker may take to load its model before the deploy fails.").tag(
+        config=True)
+    heartbeat_timeout_s = Float(5.0, help="A worker silent for this long is declared dead and restarted.").tag(
+        config=True)
+    hang_timeout_s = Float(60.0, help="A batch running longer than this marks its worker as hung.").tag(config=True)
+    fork_server = Bool(
+        True, help="Start workers by forking a pre-warmed interpreter (Linux): replicas start and restart "
+        "in milliseconds instead of re-importing numpy, scikit-learn or torch each time.",
+    ).tag(config=True)
+    worker_env = Dict(
+        key_trait=Unicode(), value_trait=Unicode(),
+        help="Extra environment variables for worker processes (e.g. CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS).",
+    ).tag(config=True)
+
+    @property
+    def cache_bytes(self) -> int:
+        """``cache_mb`` in bytes: what each model version's cache may hold."""
+        return int(self.cache_mb * (1 << 20))
+
+    @property
+    def state_path(self) -> str:
+        return os.path.abspath(self.state_dir)
