@@ -1,11 +1,29 @@
-"""Adaptive batching: the AIMD controller (pure) and the queue batches are cut from.
+"""Adaptive batching: the AIMD controller and delayed batching's decision (pure), and
+the queue batches are cut from.
 
-Clipper's AIMD grows a replica's maximum batch by a fixed step while batches finish
-within the latency objective and cuts it by 10% when one does not. Clipper aimed the
-*batch* time at the SLO and its users saw queue time blow through it (clipper#222):
-a query that arrives while a batch runs waits for it, then rides the next one, so its
-end-to-end latency is about two batch times. We therefore aim batches at a fraction
-of the SLO (``objective_for_slo``) so that queue wait + batch stays within it.
+Clipper (NSDI'17 §4.3) grows a replica's maximum batch additively while batches finish
+within the latency objective and cuts it by 10% when one does not; and, when the queue
+is short, waits a little (delayed batching) for the batch to fill. Rules here:
+
+* **Objective** (``objective_for_slo``): a query that arrives while a batch runs waits
+  for it, then rides the next one, so its latency is about two batch times (Clipper
+  aimed the *batch* at the SLO and users saw queue time blow through it, clipper#222).
+  A batch may therefore take ``SLO_FRACTION`` of the SLO. The batching delay is *not*
+  subtracted: it only happens when the queue is short, i.e. instead of waiting for a
+  batch in progress, so it replaces that wait and does not add to it (latency <=
+  max(batch, delay) + batch). Subtracting it (as before) double-counted it and, with a
+  5 ms delay and a 20 ms SLO, aimed below a 5 ms model's single row: the cap stuck at 1.
+  The controller never aims below the single-row latency (``AIMDController.objective``).
+* **Increase** (``AIMDController.increase``): ``min(step, max(1, STEP_FRACTION x cap))``
+  so that a small cap is not overshot by a fixed step; next to a size that went over
+  the objective the cap creeps (``1 / PROBE_EVERY`` row per full batch), so a model whose
+  best batch is small is not pushed over every other batch.
+* **Decrease**: ``x DEFAULT_BACKOFF`` and always at least one row below the integer cap.
+* **Drop estimate** (``expected_latency_s``): a high quantile (``DROP_QUANTILE``) of the
+  recent batches (not the fastest), so that a query admitted to a batch finishes in time.
+* **Delay** (``dispatch_time``): measured from the batch's *oldest arrival*, cut short by
+  the earliest deadline less the expected latency, and skipped once fewer than one more
+  arrival is expected within it (the arrival rate is estimated from recent arrivals).
 """
 
 from __future__ import annotations
@@ -13,29 +31,98 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import math
+import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-#: Share of the SLO a batch may take: queue wait (~ one batch) + the batch itself +
-#: the frontend's own work must fit in the SLO.
-SLO_FRACTION = 0.45
+from clipper_nb.errors import DeadlineMissed  # re-exported: the queue raises it
+
+#: Share of the SLO a batch may take: the wait for the batch in progress (about one
+#: batch) plus the query's own batch must fit in the SLO.
+SLO_FRACTION = 0.5
+#: No objective below this (a zero objective would back every batch off).
+MIN_OBJECTIVE_S = 0.0005
+#: The largest additive step, in rows.
 DEFAULT_STEP = 4.0
+#: The additive step is at most this share of the cap (but at least one row).
+STEP_FRACTION = 0.1
+#: Next to a batch size that went over the objective, it is tried again only after this
+#: many full batches just below it.
+PROBE_EVERY = 16
 DEFAULT_BACKOFF = 0.9
 DEFAULT_MAX_CAP = 4096
+#: The objective is at least this many times the single-row latency. 1: the issue's
+#: "never below the single-row latency". More (1.1-1.25) serves more at overload when
+#: the SLO is under two single rows, but lets a batch run past half the SLO.
+SINGLE_ROW_HEADROOM = 1.0
+#: Batches of one row the single-row latency is the median of.
+SINGLE_ROW_SAMPLES = 16
 #: Batches the drop estimate looks back over (see ``AIMDController.expected_latency_s``).
-RECENT_BATCHES = 8
+RECENT_BATCHES = 32
+#: The drop estimate's quantile of those batches' latencies.
+DROP_QUANTILE = 0.95
 #: Batches of a fresh replica left out of the drop estimate (warm-up).
 WARMUP_BATCHES = 1
 #: A replica that has run no batch for this long re-measures instead of dropping.
 PROBE_AFTER_S = 1.0
+#: Arrivals the arrival rate is estimated over (delayed batching).
+RATE_WINDOW = 32
 #: Delayed batching ends this much early: timers do not fire to the microsecond.
 _TIMER_SLACK_S = 0.0002
 
 
 def objective_for_slo(slo_s: float, delay_s: float = 0.0, fraction: float = SLO_FRACTION) -> float:
-    """The batch-latency objective that keeps end-to-end latency within ``slo_s``."""
-    return max(0.0005, slo_s * fraction - delay_s)
+    """The batch-latency objective that keeps end-to-end latency within ``slo_s``.
+
+    A query waits for the batch in progress *or* for the batching delay (the delay runs
+    from the oldest arrival and only while no batch runs), then for its own batch:
+    ``max(objective, delay) + objective <= slo``. The delay therefore only binds when it
+    is over ``slo_s x (1 - fraction)``.
+    """
+    return max(MIN_OBJECTIVE_S, min(slo_s * fraction, slo_s - delay_s))
+
+
+def robust_quantile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank ``q`` quantile, but never the largest of two or more values: one
+    outlier (a GC pause, a second warm-up) must not set a drop estimate alone. Of 32
+    values the 0.95 quantile is the 31st (the second largest); of 2, the smaller."""
+    ordered = sorted(values)
+    n = len(ordered)
+    rank = math.ceil(q * n) if n < 2 else min(math.ceil(q * n), n - 1)
+    return ordered[max(1, rank) - 1]
+
+
+def arrival_rate(arrivals: Sequence[float], now: float) -> float:
+    """Queries per second seen by ``now``: ``(n - 1) / (now - first)`` over the window.
+
+    Measured up to ``now``, not up to the last arrival, so that a quiet spell lowers it
+    at once: a lone query after an idle period sees a rate of about zero.
+    """
+    if len(arrivals) < 2 or now <= arrivals[0]:
+        return 0.0
+    return (len(arrivals) - 1) / (now - arrivals[0])
+
+
+def dispatch_time(now: float, *, queued: int, limit: int, delay_s: float, oldest_arrival: float,
+                  earliest_deadline: float, expected_latency_s: float, arrivals: Sequence[float]) -> float:
+    """When delayed batching cuts the batch, if no query arrives before then: ``now`` or
+    later. Ask again after each arrival (the batch may be full, the rate has changed).
+
+    The delay runs from the oldest queued query's arrival, so queries that waited for a
+    batch in progress do not wait again; it ends in time for the earliest deadline; and
+    it ends as soon as fewer than one more arrival is expected before it would: waiting
+    at time t pays while ``rate(t) x (until - t) >= 1``, with ``rate(t) = (n - 1) / (t -
+    first)`` (``arrival_rate``), i.e. while ``t <= until - (until - first) / n``.
+    """
+    if queued >= limit or delay_s <= 0 or len(arrivals) < 2:
+        return now  # full, no delay, or no rate to expect another arrival from
+    until = min(oldest_arrival + delay_s, earliest_deadline - expected_latency_s - _TIMER_SLACK_S)
+    first = arrivals[0]
+    at = until - (until - first) / len(arrivals)
+    return at if at - now > _TIMER_SLACK_S else now
 
 
 @dataclass
@@ -53,10 +140,16 @@ class AIMDController:
     cap: float = 4.0
     max_cap: int = DEFAULT_MAX_CAP
     fixed: int | None = None
-    #: exponentially weighted batch latency, used to drop queries that cannot make it
+    #: exponentially weighted batch latency (round trip), for the dashboards
     latency_ewma_s: float = 0.0
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
     batches: int = 0
+    #: the last batch size that went over the objective, until a batch that large fits
+    ceiling: int | None = None
+    #: model times of recent one-row batches (the objective's floor)
+    single_row: collections.deque = field(default_factory=lambda: collections.deque(maxlen=SINGLE_ROW_SAMPLES))
+    #: the size of the last batch if it was full (the replica is saturated), else 0
+    last_full: int = 0
 
     def __post_init__(self) -> None:
         if self.fixed is not None and self.fixed < 1:
@@ -73,6 +166,16 @@ class AIMDController:
             return self.fixed
         return max(1, min(int(self.cap), self.max_cap))
 
+    def objective(self) -> float:
+        """The objective batches are judged against: ``objective_s``, but never below
+        ``SINGLE_ROW_HEADROOM`` x the single-row latency (the median of recent one-row
+        batches' model time). Below it no batch can succeed: every batch would count as
+        a failure, the controller would learn nothing and keep the cap at 1 even when a
+        second row costs almost nothing."""
+        if not self.single_row:
+            return self.objective_s
+        return max(self.objective_s, SINGLE_ROW_HEADROOM * statistics.median(self.single_row))
+
     def observe(self, size: int, latency_s: float, compute_s: float | None = None) -> None:
         """Account for one finished batch of ``size`` rows that took ``latency_s`` round
         trip, of which ``compute_s`` in the model (as the worker measured it).
@@ -86,32 +189,83 @@ class AIMDController:
         a = 0.2
         self.latency_ewma_s = latency_s if self.latency_ewma_s == 0 else (1 - a) * self.latency_ewma_s + a * latency_s
         self.batches += 1
+        signal = latency_s if compute_s is None else compute_s
+        self.last_full = size if size >= self.limit() else 0
         if self.batches > WARMUP_BATCHES:
             # A replica's first batch pays for lazy imports and allocations; judging the
-            # queue by it would fail queries another, warm replica could serve in time.
+            # queue (or the objective's floor) by it would mislead both.
             self.history.append((size, latency_s))
+            if size == 1:
+                self.single_row.append(signal)
         if self.fixed is not None:
             return
-        signal = latency_s if compute_s is None else compute_s
-        if signal > self.objective_s:
-            self.cap = max(1.0, self.cap * self.backoff)
-        elif size >= self.limit():
-            self.cap = min(float(self.max_cap), self.cap + self.step)
+        if signal > self.objective():
+            self.ceiling = size
+            self.cap = self.decrease(self.cap)
+            return
+        if self.ceiling is not None and size >= self.ceiling:
+            self.ceiling = None  # a size that went over now fits (noise, or a faster model)
+        if size >= self.limit():
+            self.cap = min(float(self.max_cap), self.cap + self.increase())
+
+    def decrease(self, cap: float) -> float:
+        """The cap after a batch over the objective: ``backoff`` x the cap, and always at
+        least one row below its integer part (x 0.9 alone takes a cap of 5.8 to 5.2, still
+        5 rows, after a batch of 5 went over), but never below 1."""
+        return max(1.0, min(cap * self.backoff, float(int(cap) - 1)))
+
+    def increase(self) -> float:
+        """Rows added after a full batch within the objective.
+
+        ``min(step, max(1, STEP_FRACTION x cap))``: a fixed step of 4 from a cap of 2
+        overshoots a best batch of 2 or 3 by 100%. Once a size has gone over (the
+        ``ceiling``) the cap goes straight to one row below it, then creeps up by ``1 /
+        PROBE_EVERY`` row per full batch, so it tries the failing size again once in
+        ``PROBE_EVERY`` batches instead of after every backoff: AIMD's probing past
+        the objective would otherwise be a third to a half of all batches when the best
+        batch is small.
+        """
+        inc = min(self.step, max(1.0, STEP_FRACTION * self.cap))
+        if self.ceiling is not None and self.cap + inc >= self.ceiling:
+            below = self.ceiling - 1 - self.cap
+            inc = below if below > 0 else 1.0 / PROBE_EVERY
+        return inc
 
     def set_objective(self, objective_s: float) -> None:
         self.objective_s = objective_s
+        self.ceiling = None  # what went over the old objective may fit the new one
 
     def expected_latency_s(self, idle_s: float = 0.0) -> float:
         """What the next batch should take, for dropping queries that cannot make it.
 
-        The fastest of the last few batches, so one slow batch (a warm-up, a GC pause)
-        does not condemn every query behind it; and 0 once the replica has run nothing
-        for ``PROBE_AFTER_S`` (``idle_s``), so a replica whose queries were all being
+        The ``DROP_QUANTILE`` quantile of the last ``RECENT_BATCHES`` round trips (see
+        :func:`robust_quantile`): with the fastest one (as before) about one query in
+        16 admitted at overload still finished late, since at overload every query in a
+        batch is at the deadline edge. 0 once the replica has run nothing for
+        ``PROBE_AFTER_S`` (``idle_s``), so a replica whose queries were all being
         dropped runs one batch and re-measures instead of dropping them forever.
         """
         if idle_s > PROBE_AFTER_S or not self.history:
             return 0.0
-        return min(lat for _, lat in itertools.islice(reversed(self.history), RECENT_BATCHES))
+        latencies = [lat for _, lat in itertools.islice(reversed(self.history), RECENT_BATCHES)]
+        recent = robust_quantile(latencies, DROP_QUANTILE)
+        if self.last_full and self.limit() > self.last_full:
+            # Saturated and the cap just grew: the next batch is full at the new cap and
+            # longer than any recent one; at overload every query in it sits at the
+            # deadline edge, so it would be late.
+            return max(recent, self._latency_of_larger(self.limit(), recent))
+        return recent
+
+    def _latency_of_larger(self, size: int, recent: float) -> float:
+        """The expected latency of a batch of ``size`` rows, larger than the recent ones:
+        from the batches that large in the history (an earlier probe of that size), else
+        ``recent`` scaled by the size (an upper bound for a cost of fixed + per row) but
+        not past the objective the cap is steered to: from 2 rows to 3 the scaling is x
+        1.5, enough to outgrow the SLO and refuse every query."""
+        seen = [lat for n, lat in reversed(self.history) if n >= size][:RECENT_BATCHES]
+        if seen:
+            return robust_quantile(seen, DROP_QUANTILE)
+        return min(recent * size / self.last_full, self.objective())
 
 
 def _release(waiter: asyncio.Future[None]) -> None:
@@ -119,30 +273,33 @@ def _release(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-class DeadlineMissed(Exception):
-    """The query could not meet its deadline when its batch was formed."""
-
-
 class QueuedQuery:
-    """One input waiting for a model: its future, deadline and retry count."""
+    """One input waiting for a model: its future, deadline, arrival and retry count.
 
-    __slots__ = ("x", "future", "deadline", "key", "attempts")
+    ``arrival`` (on the queue's clock) is stamped by ``BatchQueue.put`` when not given:
+    delayed batching runs from the oldest arrival, and a retried query keeps its own.
+    """
 
-    def __init__(self, x: Any, future: asyncio.Future, deadline: float, key: Any = None) -> None:
+    __slots__ = ("arrival", "attempts", "deadline", "future", "key", "x")
+
+    def __init__(self, x: Any, future: asyncio.Future, deadline: float, key: Any = None,
+                 arrival: float | None = None) -> None:
         self.x = x
         self.future = future
         self.deadline = deadline
         self.key = key
         self.attempts = 0
+        self.arrival = arrival
 
 
 class BatchQueue:
     """A model's queue, shared by its replicas' loops; each cuts its own batches.
 
-    ``get_batch`` waits for a first query, then (delayed batching, Nagle-style) up to
-    ``delay_s`` for the batch to fill, never past the earliest deadline less the
-    expected batch latency. Queries that can no longer meet their deadline are failed
-    with :class:`DeadlineMissed` at once instead of delaying the queries behind them.
+    ``get_batch`` waits for a first query, then (delayed batching, Nagle-style) as
+    :func:`dispatch_time` says: up to ``delay_s`` after the oldest query's arrival, never
+    past the earliest deadline less the expected batch latency, and not at all when no
+    further query is expected in time. Queries that can no longer meet their deadline
+    are failed with :class:`DeadlineMissed` at once instead of delaying those behind them.
     """
 
     def __init__(self, on_expired: Callable[[QueuedQuery], None] | None = None,
@@ -152,6 +309,8 @@ class BatchQueue:
         # timeout on an Event needs asyncio.wait_for, a new Task per wait, and during a
         # batch delay every arriving query ends one such wait.
         self._waiters: set[asyncio.Future[None]] = set()
+        #: recent arrival times, for the arrival rate delayed batching expects
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
         self.on_expired = on_expired
         self.clock = clock
 
@@ -159,10 +318,19 @@ class BatchQueue:
         return len(self._items)
 
     def put(self, item: QueuedQuery) -> None:
+        now = self.clock()
+        if item.arrival is None:
+            item.arrival = now
+        self._arrivals.append(now)
         self._items.append(item)
         self._wake()
 
     def put_front(self, items: list[QueuedQuery]) -> None:
+        # Retried queries are not new arrivals: they keep their arrival, add no rate.
+        now = self.clock()
+        for item in items:
+            if item.arrival is None:
+                item.arrival = now
         self._items.extendleft(reversed(items))
         if self._items:
             self._wake()
@@ -203,21 +371,39 @@ class BatchQueue:
             while not self._items:
                 await self._wait(None)
             expected = estimate()
-            cut_at = None
-            if len(self._items) < max_size and delay_s > 0:
-                now = self.clock()
-                earliest = min(q.deadline for q in self._items)
-                until = min(now + delay_s, earliest - expected - _TIMER_SLACK_S)
-                while len(self._items) < max_size and (remaining := until - self.clock()) > _TIMER_SLACK_S:
-                    await self._wait(remaining)
-                if not self._items:
-                    continue  # another replica took them while we waited
-                # Judge lateness as of when the delay was meant to end: timers fire a
-                # little late, and waiting must not turn an on-time query into a drop.
-                cut_at = min(self.clock(), max(now, until))
+            cut_at = await self._delay(max_size, delay_s, expected)
+            if cut_at is None:
+                continue  # another replica took them while we waited
             batch = self._cut(max_size, expected, cut_at)
             if batch:
                 return batch
+
+    def next_dispatch(self, now: float, max_size: int, delay_s: float, expected_latency_s: float) -> float:
+        """:func:`dispatch_time` for the queue as it is now."""
+        items = self._items
+        if len(items) >= max_size or delay_s <= 0:
+            return now  # the common case under load: no scan of the queue
+        return dispatch_time(now, queued=len(items), limit=max_size, delay_s=delay_s,
+                             oldest_arrival=min(q.arrival for q in items),
+                             earliest_deadline=min(q.deadline for q in items),
+                             expected_latency_s=expected_latency_s, arrivals=self._arrivals)
+
+    async def _delay(self, max_size: int, delay_s: float, expected: float) -> float | None:
+        """Wait as delayed batching says; the time to judge lateness at, or None if the
+        queue emptied meanwhile (another replica took the queries)."""
+        now = self.clock()
+        until = self.next_dispatch(now, max_size, delay_s, expected)
+        while until > now:
+            await self._wait(until - now)
+            if not self._items:
+                return None
+            now = self.clock()
+            if now >= until - _TIMER_SLACK_S:
+                # Judge lateness as of when the delay was meant to end: timers fire a
+                # little late, and waiting must not turn an on-time query into a drop.
+                return min(now, until)
+            until = self.next_dispatch(now, max_size, delay_s, expected)  # a put: ask again
+        return now
 
     def _cut(self, max_size: int, expected_latency_s: float, now: float | None = None) -> list[QueuedQuery]:
         now = self.clock() if now is None else now
