@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import requests
 
 from clipper_nb.kernel.client import Client
-from clipper_nb.frontend.server import free_port
+from clipper_nb.wire.ports import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _workloads import noop_model  # noqa: E402 - after the path is set
 
 from clipper_nb.frontend.server import Server  # noqa: E402
+from clipper_nb.kernel.client import Client  # noqa: E402
 
 
 async def profile(queries: int, in_flight: int, rounds: int, hits: bool, top: int) -> None:
@@ -36,7 +37,7 @@ async def profile(queries: int, in_flight: int, rounds: int, hits: bool, top: in
         server = Server(state_dir=state, port=0, token="profile", public_predict=True)
         await server.start()
         try:
-            client = server.client()
+            client = Client(server.url, token=server.token)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: client.deploy(noop_model, "noop", app="noop", slo_ms=1000))
             engine = server.engine

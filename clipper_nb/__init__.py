@@ -18,14 +18,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
-    "BadInput", "ClipperError", "Client", "Conflict", "DeployError", "Engine", "EngineConfig", "ModelError",
+    "BadInput", "ClipperError", "Client", "Conflict", "DeployError", "ClipperNB", "Engine", "ModelError",
     "NotFound", "Server", "Unauthorized", "Unavailable", "UserError", "__version__", "connect",
     "load_ipython_extension", "unload_ipython_extension",
 ]
 
 _LAZY = {
     "Client": ("kernel.client", "Client"), "connect": ("kernel.client", "connect"),
-    "Engine": ("engine.facade", "Engine"), "EngineConfig": ("engine.facade", "EngineConfig"),
+    "Engine": ("engine.facade", "Engine"), "ClipperNB": ("config", "ClipperNB"),
     "Server": ("frontend.server", "Server"),
     **{name: ("errors", name) for name in ("BadInput", "ClipperError", "Conflict", "DeployError", "ModelError",
                                            "NotFound", "Unauthorized", "Unavailable", "UserError")},
@@ -56,7 +56,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 def _jupyter_server_extension_points() -> list[dict]:
     # Imported here, not at module level: workers and plain clients never pay for
-    # jupyter_server. The "app" key makes Jupyter call ClipperNB.stop_extension on shutdown.
-    from .server_ext import ClipperNB
+    # jupyter_server. The "app" key makes Jupyter call ClipperNBExtension.stop_extension on shutdown.
+    from .server_ext import ClipperNBExtension
 
-    return [{"module": "clipper_nb.server_ext", "app": ClipperNB}]
+    return [{"module": "clipper_nb.server_ext", "app": ClipperNBExtension}]

@@ -14,18 +14,26 @@ Each default is written here and nowhere else.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from traitlets import Bool, Dict, Float, Integer, Unicode
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 from traitlets.config import Configurable
 
-__all__ = ["ClipperNB", "DEFAULT_SLO_MS"]
+__all__ = ["ClipperNB", "DEFAULT_SLO_MS", "check_knobs"]
 
 #: Latency objective of an application registered without one (ms).
 DEFAULT_SLO_MS = 100.0
 
 
 class ClipperNB(Configurable):
-    """Knobs of one clipper-nb frontend (engine, batching, replicas, HTTP exposure)."""
+    """Knobs of one clipper-nb frontend (engine, batching, replicas, HTTP exposure).
+
+    >>> ClipperNB(state_dir="/tmp/s", cache_mb=0).cache_bytes
+    0
+
+    A host reads them with ``ClipperNB(parent=app)`` so that ``c.ClipperNB.*`` in the
+    host's config reaches them; host-only settings (address, token) stay on the host.
+    """
 
     state_dir = Unicode(
         "clipper-state",
@@ -33,29 +41,43 @@ class ClipperNB(Configurable):
              "Restarting the server brings back everything stored here. The Jupyter extension "
              "defaults to <jupyter data dir>/clipper_nb.",
     ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        # Used only when nobody set state_dir: a host (the Jupyter extension) may offer
+        # its own default through its ``default_state_dir``.
+        return getattr(self.parent, "default_state_dir", None) or "clipper-state"
+
     public_predict = Bool(
         False,
         help="Let anonymous callers use the query API (<prefix><app>/predict and /update). "
              "The management and metrics APIs always need credentials.",
     ).tag(config=True)
-    default_slo_ms = Float(DEFAULT_SLO_MS, help="Latency objective (ms) of applications registered without one.").tag(
-        config=True)
-    cache_mb = Float(32.0, help="Prediction cache size per model version, in MiB (0 turns the cache off).").tag(
-        config=True)
+    default_slo_ms = Float(
+        DEFAULT_SLO_MS, min=0.1, max=600_000, help="Latency objective (ms) of applications registered without one.",
+    ).tag(config=True)
+    cache_mb = Float(
+        32.0, min=0.0, help="Prediction cache size per model version, in MiB (0 turns the cache off).",
+    ).tag(config=True)
     batch_delay_ms = Float(
-        2.0, help="Delayed batching: how long a replica waits for more queries when its batch is not full (ms).",
+        2.0, min=0.0, max=1000.0,
+        help="Delayed batching: how long a replica waits for more queries when its batch is not full (ms).",
     ).tag(config=True)
     max_batch_rows = Integer(
-        10_000, help="Most rows in one input_batch request, and the largest fixed batch size a model may use.",
+        10_000, min=1, help="Most rows in one input_batch request, and the largest fixed batch size a model may use.",
     ).tag(config=True)
     max_contexts = Integer(
-        10_000, help="Selection contexts kept per application (least recently updated evicted first).",
+        10_000, min=1, help="Selection contexts kept per application (least recently updated evicted first).",
     ).tag(config=True)
-    start_timeout_s = Float(120.0, help="How long a worker may take to load its model before the deploy fails.").tag(
-        config=True)
-    heartbeat_timeout_s = Float(5.0, help="A worker silent for this long is declared dead and restarted.").tag(
-        config=True)
-    hang_timeout_s = Float(60.0, help="A batch running longer than this marks its worker as hung.").tag(config=True)
+    start_timeout_s = Float(
+        120.0, min=0.0, help="How long a worker may take to load its model before the deploy fails.",
+    ).tag(config=True)
+    heartbeat_timeout_s = Float(
+        5.0, min=0.0, help="A worker silent for this long is declared dead and restarted.",
+    ).tag(config=True)
+    hang_timeout_s = Float(
+        60.0, min=0.0, help="A batch running longer than this marks its worker as hung.",
+    ).tag(config=True)
     fork_server = Bool(
         True, help="Start workers by forking a pre-warmed interpreter (Linux): replicas start and restart "
         "in milliseconds instead of re-importing numpy, scikit-learn or torch each time.",
@@ -73,3 +95,15 @@ class ClipperNB(Configurable):
     @property
     def state_path(self) -> str:
         return os.path.abspath(self.state_dir)
+
+
+def check_knobs(names: Any) -> None:
+    """Refuse names that are not knobs (a typo, or ``cache_bytes``: set ``cache_mb``).
+
+    Traitlets only warns about an unknown keyword and drops it; a server started with a
+    misspelt knob must not run with the default instead.
+    """
+    unknown = sorted(set(names) - set(ClipperNB.class_trait_names(config=True)))
+    if unknown:
+        raise TypeError(f"not a ClipperNB knob: {', '.join(unknown)} "
+                        f"(the knobs: {', '.join(sorted(ClipperNB.class_trait_names(config=True)))})")

@@ -2,7 +2,7 @@
 
 Starts a server in this process on a free port with its own state directory, trains
 and deploys a scikit-learn and a torch model, queries them over HTTP, prints a table
-and stops everything.
+and stops everything. Any ``--ClipperNB.knob=value`` applies to that server.
 """
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
+from traitlets import Integer
+from traitlets.config import Application
+
+from clipper_nb.config import ClipperNB
+from clipper_nb.frontend.server import Server
+from clipper_nb.kernel.client import Client
+
+__all__ = ["DemoApp", "run_demo"]
 
 
 def _train():
@@ -33,14 +42,13 @@ def _train():
     return X[1500:], y[1500:], lr, net
 
 
-def run_demo(replicas: int = 1, queries: int = 200) -> int:
-    from clipper_nb.frontend.server import Server
-
+def run_demo(replicas: int = 1, queries: int = 200, **knobs: Any) -> int:
+    """Train, deploy, query and print; 0 when both models answered well. ``knobs``: ClipperNB traits."""
     X, y, lr, net = _train()
     rows = []
     with tempfile.TemporaryDirectory(prefix="clipper-nb-demo-") as state_dir:
-        with Server(state_dir=state_dir, port=0).start_in_thread() as server:
-            client = server.client()
+        with Server(**{**knobs, "state_dir": state_dir}, port=0).start_in_thread() as server:
+            client = Client(server.url, token=server.token)
             print(f"clipper-nb demo server on {server.url}")
             client.deploy(lr, "digits-lr", app="digits-sklearn", slo_ms=50, replicas=replicas)
             client.deploy(net, "digits-mlp", app="digits-torch", slo_ms=50, replicas=replicas,
@@ -67,3 +75,20 @@ def run_demo(replicas: int = 1, queries: int = 200) -> int:
     ok = all(r[2] == replicas and r[4] > 0.8 and r[5] == 100 for r in rows)
     print("\ndemo", "passed" if ok else "FAILED")
     return 0 if ok else 1
+
+
+class DemoApp(Application):
+    """``clipper-nb demo``."""
+
+    name = "clipper-nb-demo"
+    description = "Start a server, deploy a scikit-learn and a torch model, query them over HTTP, print a table."
+    classes = [ClipperNB]
+    aliases = {"replicas": "DemoApp.replicas", "queries": "DemoApp.queries"}
+
+    replicas = Integer(1, min=1, help="Replicas of each model.").tag(config=True)
+    queries = Integer(200, min=1, help="Queries sent to each application.").tag(config=True)
+
+    def start(self) -> int:
+        knobs = ClipperNB(parent=self).trait_values(config=True)
+        knobs.pop("state_dir")  # the demo always uses a fresh temporary one
+        return run_demo(replicas=self.replicas, queries=self.queries, **knobs)

@@ -2,19 +2,29 @@
 
 ::
 
-    ClipperError                      every error of ours
-    ├── UserError          (4xx)      the caller's mistake: the message says what to fix
-    │   ├── BadInput       (400)      malformed JSON, wrong feature count, bad option
-    │   ├── Unauthorized   (401/403)  missing or wrong token
-    │   ├── NotFound       (404)      unknown application, model or version
-    │   └── Conflict       (409)      the name exists already, the link is missing, ...
-    ├── DeployError        (400)      the artifact cannot be pickled or loaded by a worker
-    └── ModelError         (500)      a model failed its own queries (never the server)
+    ClipperError                         every error a caller can see
+    ├── UserError          (4xx)         the caller's mistake: the message says what to fix
+    │   ├── BadInput       (400)         malformed JSON, wrong feature count, bad option
+    │   ├── DeployError    (400)         the artifact cannot be pickled or loaded by a worker
+    │   ├── Unauthorized   (401)         missing credentials
+    │   ├── Forbidden      (403)         wrong credentials, or a route they do not open
+    │   ├── NotFound       (404)         unknown application, model or version
+    │   ├── Conflict       (409)         the name exists already, the link is missing, ...
+    │   └── PayloadTooLarge (413)        a body over the limit
+    ├── ModelError         (500)         a model failed its own queries (never the server)
+    └── Unavailable        (503)         nothing can answer right now; try again later
 
-HTTP handlers turn these into ``{"error": ..., "cause": ...}`` with ``status``.
+    ReplicaLost                          internal: a replica died holding a batch (retried)
+    DeadlineMissed                       internal: a query cannot meet its deadline (default output)
+
+HTTP handlers turn a ``ClipperError`` into ``{"error": ..., "cause": ...}`` with ``status``;
+the two internal signals never leave the engine.
 """
 
 from __future__ import annotations
+
+__all__ = ["BadInput", "ClipperError", "Conflict", "DeadlineMissed", "DeployError", "Forbidden", "ModelError",
+           "NotFound", "PayloadTooLarge", "ReplicaLost", "Unauthorized", "Unavailable", "UserError"]
 
 
 class ClipperError(Exception):
@@ -38,26 +48,38 @@ class UserError(ClipperError):
 
 
 class BadInput(UserError):
+    """Malformed or mistyped input, or an invalid setting."""
+
     status = 400
 
 
 class Unauthorized(UserError):
+    """No credentials were given."""
+
     status = 401
 
 
 class Forbidden(UserError):
+    """The credentials are wrong, or do not open this route."""
+
     status = 403
 
 
 class NotFound(UserError):
+    """No application, model or version of that name."""
+
     status = 404
 
 
 class Conflict(UserError):
+    """The request contradicts the current state (the name exists, the link is missing, ...)."""
+
     status = 409
 
 
 class PayloadTooLarge(UserError):
+    """The request body is over the configured limit."""
+
     status = 413
 
 
@@ -77,3 +99,11 @@ class Unavailable(ClipperError):
     """Nothing can answer right now (no replica up, every model failed); try again later."""
 
     status = 503
+
+
+class ReplicaLost(Exception):
+    """Internal: the replica died or hung while it held a batch; the batch may be retried elsewhere."""
+
+
+class DeadlineMissed(Exception):
+    """Internal: the query cannot finish before its deadline; it gets the default output."""

@@ -2,16 +2,17 @@
 
 Enabled on install by ``etc/jupyter/jupyter_server_config.d/clipper_nb.json``; check
 with ``jupyter server extension list``. The APIs of ``clipper-nb serve`` are mounted
-under ``{base_url}clipper/`` behind Jupyter's authentication; configuration is the
-:class:`ClipperNB` application's traits (``c.ClipperNB.state_dir``, ...).
+under ``{base_url}clipper/`` behind Jupyter's authentication; the knobs are
+:class:`~clipper_nb.config.ClipperNB`'s (``c.ClipperNB.state_dir``, ...), the extension
+itself is :class:`ClipperNBExtension`.
 """
 
 from __future__ import annotations
 
-from .app import ClipperNB
+from .app import ClipperNBExtension
 
-__all__ = ["ClipperNB"]
+__all__ = ["ClipperNBExtension"]
 
 
 def _jupyter_server_extension_points() -> list[dict]:
-    return [{"module": "clipper_nb.server_ext", "app": ClipperNB}]
+    return [{"module": "clipper_nb.server_ext", "app": ClipperNBExtension}]

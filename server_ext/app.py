@@ -1,14 +1,16 @@
-"""``ClipperNB``: the Jupyter server extension that hosts the clipper-nb frontend.
+"""``ClipperNBExtension``: the Jupyter server extension that hosts the clipper-nb frontend.
 
 It runs one :class:`~clipper_nb.engine.Engine` on the Jupyter server's event loop and
 mounts the query, management and metrics APIs under ``{base_url}clipper/`` behind
-Jupyter's own authentication (see :mod:`clipper_nb.server_ext.handlers`). Configure it
-like any Jupyter application::
+Jupyter's own authentication (see :mod:`clipper_nb.server_ext.handlers`). Its knobs
+are :class:`~clipper_nb.config.ClipperNB`'s, the same ones ``clipper-nb serve`` reads::
 
     c.ClipperNB.state_dir = "/data/clipper"      # jupyter_server_config.py
     c.ClipperNB.public_predict = True
 
-or ``jupyter lab --ClipperNB.default_slo_ms=50``.
+or ``jupyter lab --ClipperNB.default_slo_ms=50``. ``state_dir`` defaults to
+``<jupyter data dir>/clipper_nb`` here. Only ``export_to_kernels`` belongs to the
+extension itself (``c.ClipperNBExtension.export_to_kernels``).
 
 Discovery: at load time the extension exports ``CLIPPER_NB_JUPYTER_INFO`` (the path
 of the server's ``jpserver-<pid>.json`` runtime file) into the server's environment,
@@ -25,58 +27,26 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Bool
 
-from clipper_nb.kernel.discovery import ENV_JUPYTER_INFO
-from clipper_nb.engine.facade import Engine, EngineConfig
+from clipper_nb.config import ClipperNB
+from clipper_nb.engine.facade import Engine
 from clipper_nb.errors import Unavailable
+from clipper_nb.kernel.discovery import ENV_JUPYTER_INFO
 
 from .handlers import URL_PREFIX, make_handlers
 
 
-class ClipperNB(ExtensionApp):
+class ClipperNBExtension(ExtensionApp):
     """Serve models deployed from notebooks from inside the Jupyter server."""
 
     name = "clipper_nb"
     description = "Clipper prediction serving inside the Jupyter server"
     load_other_extensions = True
+    # Listed in the help of the extension launched on its own (python -m clipper_nb.server_ext
+    # --help-all); the server's own `jupyter server --help-all` lists no extension's classes.
+    classes = [*ExtensionApp.classes, ClipperNB]
 
-    state_dir = Unicode(
-        help="Directory of every app, model version and selection weight (SQLite + artifacts). "
-             "Restarting Jupyter brings back everything stored here. "
-             "Default: <jupyter data dir>/clipper_nb.",
-    ).tag(config=True)
-
-    @default("state_dir")
-    def _default_state_dir(self) -> str:
-        return os.path.join(jupyter_data_dir(), "clipper_nb")
-
-    public_predict = Bool(
-        False,
-        help="Let anonymous callers use the query API ({base_url}clipper/<app>/predict and /update). "
-             "The management and metrics APIs always need Jupyter credentials.",
-    ).tag(config=True)
-
-    default_slo_ms = Float(100.0, help="Latency objective (ms) of applications registered without one.").tag(
-        config=True)
-    cache_mb = Float(32.0, help="Prediction cache size per model version, in MiB.").tag(config=True)
-    batch_delay_ms = Float(
-        2.0, help="Delayed batching: how long a replica waits for more queries when its batch is not full (ms).",
-    ).tag(config=True)
-    max_batch_rows = Integer(10_000, help="Largest fixed batch size a model may be deployed with.").tag(config=True)
-    start_timeout_s = Float(120.0, help="How long a worker may take to load its model before the deploy fails.").tag(
-        config=True)
-    heartbeat_timeout_s = Float(5.0, help="A worker silent for this long is declared dead and restarted.").tag(
-        config=True)
-    fork_server = Bool(
-        True, help="Start workers by forking a pre-warmed interpreter (Linux): replicas start and restart "
-        "in milliseconds instead of re-importing numpy, scikit-learn or torch each time.",
-    ).tag(config=True)
-    hang_timeout_s = Float(60.0, help="A batch running longer than this marks its worker as hung.").tag(config=True)
-    worker_env = Dict(
-        key_trait=Unicode(), value_trait=Unicode(),
-        help="Extra environment variables for worker processes (e.g. CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS).",
-    ).tag(config=True)
     export_to_kernels = Bool(
         True,
         help=f"Export {ENV_JUPYTER_INFO} (the path of this server's runtime file) to the kernels it starts, "
@@ -85,23 +55,32 @@ class ClipperNB(ExtensionApp):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.knobs: ClipperNB | None = None  # read once the server's config has reached us
         self.engine: Engine | None = None
         self._starting: asyncio.Future | None = None
         self._stopped = False
         self._exported: str | None = None
 
+    @property
+    def default_state_dir(self) -> str:
+        """``state_dir`` when the config sets none (asked by :class:`ClipperNB`, our child)."""
+        return os.path.join(jupyter_data_dir(), "clipper_nb")
+
     # ------------------------------------------------------------------ wiring
     def initialize_settings(self) -> None:
+        # The server's config (files and command line) has reached self.config by now.
+        self.knobs = ClipperNB(parent=self)
         if self.export_to_kernels:
             # Kernels get {**os.environ, ...} at start (jupyter_server's SessionManager),
             # so this reaches every kernel this server starts from now on.
             self._exported = self.serverapp.info_file
             os.environ[ENV_JUPYTER_INFO] = self._exported
-        self.log.info("clipper_nb | state in %s; query API %s", self.state_dir,
-                      "open to anonymous callers" if self.public_predict else "needs Jupyter credentials")
+        self.log.info("clipper_nb | state in %s; query API %s", self.knobs.state_path,
+                      "open to anonymous callers" if self.knobs.public_predict else "needs Jupyter credentials")
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(make_handlers(public_predict=self.public_predict))
+        assert self.knobs is not None  # initialize_settings ran first
+        self.handlers.extend(make_handlers(public_predict=self.knobs.public_predict))
 
     @property
     def url_prefix(self) -> str:
@@ -127,26 +106,17 @@ class ClipperNB(ExtensionApp):
             self._starting = asyncio.ensure_future(self._start_engine())
         return await asyncio.shield(self._starting)
 
-    def _engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            state_dir=self.state_dir, default_slo_ms=self.default_slo_ms,
-            cache_bytes=int(self.cache_mb * (1 << 20)), batch_delay_ms=self.batch_delay_ms,
-            max_batch_rows=self.max_batch_rows, start_timeout_s=self.start_timeout_s,
-            heartbeat_timeout_s=self.heartbeat_timeout_s, hang_timeout_s=self.hang_timeout_s,
-            worker_env=dict(self.worker_env), fork_server=self.fork_server,
-        )
-
     async def _start_engine(self) -> Engine:
         loop = asyncio.get_running_loop()
         try:
             # Engine() opens SQLite and creates folders: blocking, so not on the server's loop.
-            engine = await loop.run_in_executor(None, Engine, self._engine_config())
+            engine = await loop.run_in_executor(None, Engine, self.knobs)
             # wait=False: replicas of restored models come back in the background while
             # the server (and every notebook on it) keeps answering.
             await engine.start(wait=False)
         except Exception as e:  # noqa: BLE001 - reported to every request as a 503
             raise Unavailable("the clipper_nb engine could not start",
-                              f"{type(e).__name__}: {e} (state_dir={self.state_dir})") from e
+                              f"{type(e).__name__}: {e} (state_dir={self.knobs.state_dir})") from e
         if self._stopped:  # shutdown began while we were starting
             await engine.stop()
             raise Unavailable("the clipper_nb extension has stopped")

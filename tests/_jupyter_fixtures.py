@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from clipper_nb.frontend.server import free_port
+from clipper_nb.wire.ports import free_port
 from conftest import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +39,8 @@ class JupyterServer:
     port: int = 0
     proc: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    #: more command-line options (``--ClipperNB.default_slo_ms=37``, ...)
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -74,7 +76,7 @@ class JupyterServer:
         cmd = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--port={self.port}", "--ServerApp.port_retries=0", f"--ServerApp.base_url={BASE_URL}",
                f"--IdentityProvider.token={JUPYTER_TOKEN}", f"--ServerApp.root_dir={self.root}",
-               f"--ClipperNB.state_dir={self.state_dir}"]
+               f"--ClipperNB.state_dir={self.state_dir}", *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root,
                                          start_new_session=True)

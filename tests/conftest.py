@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from clipper_nb.kernel.client import Client
-from clipper_nb.frontend.server import Server, free_port
+from clipper_nb.frontend.server import Server
+from clipper_nb.wire.ports import free_port
 
 TOKEN = "test-token-not-secret"
 
@@ -152,6 +153,11 @@ def server(tmp_path):
         wait_until(lambda: not worker_pids(str(tmp_path), include_fork_server=True), timeout=15, message="workers to exit")
 
 
+def client_of(server: Server) -> Client:
+    """A client of an in-process :class:`Server` (the frontend does not import the kernel side)."""
+    return Client(server.url, token=server.token)
+
+
 @pytest.fixture
 def client(server) -> Client:
-    return server.client()
+    return client_of(server)

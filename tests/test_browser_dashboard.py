@@ -1,6 +1,7 @@
 """The dashboards in a real browser: Debian's Chromium driven by Playwright.
 
-1. The standalone page renders its plots and its numbers change while load runs.
+1. The standalone page draws points in all six plots (read from its Bokeh data
+   sources) and its numbers change while load runs.
 2. JupyterLab, opened on a notebook that shows the dashboard, renders the widget.
 
 Screenshots go to ``test-artifacts/`` (gitignored). Skipped only when
@@ -9,6 +10,7 @@ Screenshots go to ``test-artifacts/`` (gitignored). Skipped only when
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -22,7 +24,7 @@ import pytest
 import requests
 
 from _widgets_fixtures import ARTIFACTS, chromium, launch, ones, zeros  # noqa: F401 - fixture
-from clipper_nb.frontend.server import free_port
+from clipper_nb.wire.ports import free_port
 from clipper_nb.kernel.client import Client
 from conftest import TOKEN, wait_until, worker_pids
 
@@ -41,6 +43,27 @@ def _number(text: str) -> float | None:
     return float(m.group()) if m else None
 
 
+# For each source name: its length when a glyph of its plot draws it, -1 when no glyph
+# of the plot uses it, null when the page has no such source.
+_DRAWN_JS = """(names) => {
+  const doc = Bokeh.documents[0];
+  const out = {};
+  for (const name of names) {
+    const src = doc.get_model_by_name(name);
+    const [app, key] = name.split("|");
+    const plot = doc.get_model_by_name(`${app}|plot:${key.split("/")[0]}`);
+    if (!src || !plot) { out[name] = null; continue; }
+    out[name] = plot.renderers.some((r) => r.data_source && r.data_source.id === src.id) ? src.data.x.length : -1;
+  }
+  return out;
+}"""
+
+
+def _replica_names(url: str, model: str) -> list[str]:
+    rows = requests.get(f"{url}/api/status", headers={"Authorization": f"token {TOKEN}"}, timeout=30).json()
+    return sorted(r["name"] for r in rows["replicas"] if r["model"] == model)
+
+
 def test_standalone_dashboard_page_renders_and_updates(server, client, chromium):
     from playwright.sync_api import sync_playwright
 
@@ -49,7 +72,12 @@ def test_standalone_dashboard_page_renders_and_updates(server, client, chromium)
     client.link("page-app", "page-model-b")
     client.set_policy("page-app", "exp3")
     client.deploy(zeros, "other-model", app="other-app", slo_ms=200)
-    load = _load(server.url, "page-app", 120, 120)  # stopped when the test is done
+    # Every series of all six plots: replicas by the public name api/status shows.
+    series = ["latency", "throughput", "cache", "misses", "weights/page-model", "weights/page-model-b",
+              *(f"batch/{m}/{r}" for m in ("page-model", "page-model-b") for r in _replica_names(server.url, m))]
+    names = [f"page-app|{k}" for k in series]
+    assert len(names) == 9
+    load = _load(server.url, "page-app", 120, 120)  # distinct inputs: cache misses; stopped when the test is done
     try:
         with sync_playwright() as p:
             browser = launch(p)
@@ -58,25 +86,29 @@ def test_standalone_dashboard_page_renders_and_updates(server, client, chromium)
                 errors: list[str] = []
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(f"{server.url}/dashboard?token={TOKEN}", timeout=120_000)
-                page.wait_for_function("window.clipperDashboard && window.clipperDashboard.ticks > 0",
+                page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0"
+                                       " && Bokeh.documents[0].get_model_by_name('page-app|latency')"
+                                       " && Bokeh.documents[0].get_model_by_name('page-app|latency').data.x.length > 0",
                                        timeout=60_000)
                 assert "token" not in page.url  # taken out of the address bar
                 assert page.locator("canvas").count() >= 12  # 6 plots per app
                 qps = page.locator("[data-app='page-app'] .cnb-qps b")
-                seen, lengths = set(), set()
+                seen, lengths, drawn = set(), set(), {}
                 end = time.monotonic() + 90  # a loaded 2-core machine renders slowly
-                while time.monotonic() < end and (len(seen) < 3 or len(lengths) < 3):
+                while time.monotonic() < end and (len(seen) < 3 or len(lengths) < 3
+                                                  or not all((n or 0) >= 2 for n in drawn.values())):
                     seen.add(qps.inner_text())
                     client.feedback("page-app", [0.5] * 4, 0)  # page-model is right: its weight grows
-                    lengths.add(page.evaluate("Bokeh.documents[0].get_model_by_name('page-app|latency')"
-                                              ".data.x.length"))
+                    drawn = page.evaluate(_DRAWN_JS, names)
+                    lengths.add(drawn["page-app|latency"])
                     page.wait_for_timeout(700)
                 assert len(seen) >= 3, seen  # the numbers change while load runs
                 assert len(lengths) >= 3, lengths  # and the plots stream new seconds
                 assert max(_number(v) or 0 for v in seen) > 20
-                reps = page.evaluate("""Object.keys(window.clipperDashboard.last)
-                                        .filter((k) => k.startsWith('page-app|batch/'))""")
-                assert len(reps) == 3, reps  # every replica's AIMD series is fed
+                # every plot draws points: latency, throughput, batch (each replica), weights, cache, misses
+                assert all((n or 0) >= 2 for n in drawn.values()), drawn
+                hits = page.evaluate("Bokeh.documents[0].get_model_by_name('page-app|cache').data.hit_rate")
+                assert all(h == 0 for h in hits if h is not None and not math.isnan(h)), hits  # every input missed
                 weights = page.evaluate("""Bokeh.documents[0].get_model_by_name('page-app|weights/page-model')
                                            .data.p""")
                 assert weights and weights[-1] > 0.5, weights
@@ -237,7 +269,9 @@ def test_dashboard_page_inside_jupyter_server(chromium, tmp_path):
                 try:
                     page = browser.new_page(viewport={"width": 1400, "height": 700})
                     page.goto(f"{prefix}/dashboard?token={token}", timeout=120_000)
-                    page.wait_for_function("window.clipperDashboard && window.clipperDashboard.ticks > 1",
+                    page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0"
+                                           " && Bokeh.documents[0].get_model_by_name('jp-app|latency')"
+                                           " && Bokeh.documents[0].get_model_by_name('jp-app|latency').data.x.length > 1",
                                            timeout=90_000)
                     assert "token" not in page.url
                     qps = page.locator("[data-app='jp-app'] .cnb-qps b")

@@ -21,7 +21,7 @@ import tornado.web
 
 from clipper_nb.kernel.loadgen import (LoadResult, cli_main, parse_duration, parse_ms, run_load,
                                 run_load_sync)
-from clipper_nb.frontend.server import free_port
+from clipper_nb.wire.ports import free_port
 
 TOKEN = "s3cret"
 

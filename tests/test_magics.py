@@ -11,7 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from clipper_nb.kernel import discovery
-from conftest import TOKEN
+from conftest import TOKEN, client_of
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_deploy_prints_endpoint_and_a_curl_line_that_works(shell, server, iris, 
     assert magic(shell, "models")["name"].tolist() == ["clf"]
     magic(shell, "slo iris 2.5s")
     assert "iris: SLO 2500 ms" in capsys.readouterr().out
-    assert server.client().app("iris")["slo_ms"] == 2500
+    assert client_of(server).app("iris")["slo_ms"] == 2500
     assert isinstance(magic(shell, "feedback iris X[0] y[0]"), dict)
 
     result = magic(shell, "load iris --qps 40 --duration 1s --wait")
@@ -174,7 +174,7 @@ def test_dashboard_widget_or_a_clear_message(shell, server):
         with pytest.raises(UsageError, match="clipper_nb.widgets.Dashboard"):
             magic(shell, "dashboard iris")
         return
-    server.client().register_app("dash", slo_ms=50)
+    client_of(server).register_app("dash", slo_ms=50)
     widget = magic(shell, "dashboard dash")
     try:
         assert isinstance(widget, Dashboard)

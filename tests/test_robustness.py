@@ -75,7 +75,7 @@ def test_a_model_scaled_to_zero_answers_the_default_at_once_and_says_why(client)
 def test_replica_identities_carry_a_secret_the_status_does_not_show(client, server):
     client.deploy(lambda b: [1] * len(b), "g", app="g")
     shown = client.status()
-    identities = list(server.engine._router.replicas)
+    identities = list(server.engine.backends["process"].router.replicas)
     assert len(identities) == 1
     secret = identities[0].decode().rsplit("-", 1)[1]
     assert len(secret) == 16  # 64 random bits after the serial

@@ -1,4 +1,4 @@
-"""Tests for clipper_nb.selection.policies: pure, seeded, fast (no server, no clock)."""
+"""Tests for clipper_nb.selection (policies and per-app/context state): pure, seeded, fast."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ import numpy as np
 import pytest
 
 from clipper_nb.selection.policies import (
-    LOSSES, POLICIES, Combined, EpsilonGreedyPolicy, Exp3Policy, Exp4Policy, SelectionState,
-    ThompsonPolicy, combine_outputs, make_loss, make_policy, zero_one_loss,
+    LOSSES,
+    POLICIES,
+    Combined,
+    EpsilonGreedyPolicy,
+    Exp3Policy,
+    Exp4Policy,
+    SelectionState,
+    ThompsonPolicy,
+    combine_outputs,
+    make_loss,
+    make_policy,
+    zero_one_loss,
 )
-
+from clipper_nb.selection.state import MAX_REMEMBERED_CHOICES, SelectionStates
+from clipper_nb.wire import protocol
 
 # --- hand-computed updates -------------------------------------------------------------
 
@@ -250,8 +261,18 @@ def test_invalid_policy_names_and_options_raise_helpful_errors() -> None:
         Exp3Policy().init_state(["a", "a"])
 
 
+def test_policy_names_match_the_wire_protocol() -> None:
+    assert set(POLICIES) == set(protocol.POLICY_NAMES)
+
+
 def test_policy_flags_and_empty_states() -> None:
     assert [name for name, cls in POLICIES.items() if cls.queries_all] == ["exp4"]
+    assert sorted(name for name, cls in POLICIES.items() if cls.picks_one) == [
+        "epsilon_greedy", "exp3", "thompson"]
+    assert [name for name, cls in POLICIES.items() if not cls.combines] == ["single"]
+    assert [name for name, cls in POLICIES.items() if not cls.adaptive] == ["single"]
+    for cls in POLICIES.values():  # an ensemble neither picks one model nor skips combining
+        assert not (cls.queries_all and cls.picks_one)
     for name in POLICIES:
         policy = make_policy(name)
         empty = policy.init_state([])
@@ -329,3 +350,60 @@ def test_bandits_prefer_the_best_model_after_feedback(stream, policy) -> None:
     picks = [policy.select(state, rng)[0] for _ in range(1000)]
     assert picks.count("m0") > 800
     assert policy.probabilities(state)["m0"] > 0.8
+
+
+# --- per-app and per-context state (selection.state) ------------------------------------
+
+def test_states_contexts_are_created_only_by_feedback() -> None:
+    states, policy = SelectionStates(max_contexts=10), make_policy("exp4", eta=1.0)
+    base = states.state("app", ["a", "b"], policy, "user-1")
+    assert base is states.state("app", ["a", "b"], policy)  # a query falls back to the app's
+    assert list(states.states) == [("app", "")] and states.contexts("app") == []
+    assert states.take_dirty() == []  # reading is not a change to save
+
+    outcome = states.apply_feedback("app", ["a", "b"], policy, {"a": 1.0, "b": 0.0}, None, "user-1")
+    assert set(outcome.states) == {"", "user-1"} and outcome.evicted == []
+    assert outcome.states["user-1"].log_weights == pytest.approx({"a": -1.0, "b": 0.0})
+    assert outcome.states[""].log_weights == pytest.approx({"a": -1.0, "b": 0.0})
+    assert states.contexts("app") == ["user-1"]
+    rows = sorted(states.take_dirty())
+    assert [(a, c) for a, c, _ in rows] == [("app", ""), ("app", "user-1")]
+    assert SelectionState.from_json(rows[1][2]).updates == 1
+    assert states.take_dirty() == []  # taken once
+
+    # A second context starts from the app-wide state as it was before this feedback.
+    outcome = states.apply_feedback("app", ["a", "b"], policy, {"a": 0.0, "b": 1.0}, None, "user-2")
+    assert outcome.states["user-2"].log_weights == pytest.approx({"a": 0.0, "b": 0.0})
+    assert outcome.states[""].updates == 2
+
+
+def test_states_evict_the_least_recently_updated_context() -> None:
+    states, policy = SelectionStates(max_contexts=2), make_policy("exp3")
+    losses = {"a": 0.5}
+    for ctx in ("u1", "u2", "u1"):
+        assert states.apply_feedback("app", ["a", "b"], policy, losses, "a", ctx).evicted == []
+    assert states.apply_feedback("app", ["a", "b"], policy, losses, "a", "u3").evicted == ["u2"]
+    assert states.contexts("app") == ["u1", "u3"]
+    assert ("app", "u2") not in {(a, c) for a, c, _ in states.take_dirty()}
+    # App-wide feedback (no context) evicts nothing.
+    assert states.apply_feedback("app", ["a", "b"], policy, losses, "a").evicted == []
+
+
+def test_states_follow_link_changes_and_forget() -> None:
+    states, policy = SelectionStates(), make_policy("exp4")
+    states.apply_feedback("app", ["a", "b"], policy, {"a": 1.0, "b": 0.0}, None, "u")
+    grown = states.state("app", ["a", "b", "c"], policy, "u")
+    assert grown.models == ["a", "b", "c"] and states.states[("app", "u")] is grown
+    assert states.state("app", ["b"], policy).models == ["b"]
+    states.forget("app")
+    assert states.states == {} and states.take_dirty() == []
+
+
+def test_states_remember_the_chosen_model_bounded() -> None:
+    states = SelectionStates()
+    states.remember_choice("app", b"x", "a")
+    states.remember_choice("app", b"x", "b")
+    assert states.chosen("app", b"x") == "b" and states.chosen("other", b"x") is None
+    for i in range(MAX_REMEMBERED_CHOICES):
+        states.remember_choice("app", i.to_bytes(4, "big"), "a")
+    assert states.chosen("app", b"x") is None  # the oldest record went first

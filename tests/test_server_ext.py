@@ -41,7 +41,7 @@ def jp_base_url() -> str:
 
 @pytest.fixture
 def clipper_options() -> dict:
-    """c.ClipperNB traits of a test (override with @pytest.mark.parametrize("clipper_options", ...))."""
+    """c.ClipperNB knobs of a test (override with @pytest.mark.parametrize("clipper_options", ...))."""
     return {}
 
 
@@ -187,15 +187,31 @@ def test_jupyter_authorizer_decides(jp_fetch, jp_asyncio_loop):
     jp_asyncio_loop.run_until_complete(check())
 
 
-def test_state_dir_default_and_traits_documented(jp_serverapp):
+@pytest.mark.parametrize("clipper_options", [{"default_slo_ms": 37.0, "cache_mb": 0.0}], ids=["knobs"])
+def test_jupyter_config_reaches_the_knobs(jp_serverapp, jp_asyncio_loop, clipper_options):
+    """c.ClipperNB.* in the server's config is what the Engine runs with."""
+    extension = _extension(jp_serverapp)
+    assert extension.knobs.state_dir.endswith("state")  # c.ClipperNB.state_dir was honoured
+    assert extension.knobs.default_slo_ms == 37.0 and extension.knobs.cache_bytes == 0
+    engine = jp_asyncio_loop.run_until_complete(extension.ensure_engine())
+    assert engine.config is extension.knobs
+    app = jp_asyncio_loop.run_until_complete(engine.register_app("no-slo"))
+    assert app["slo_ms"] == 37.0
+    jp_asyncio_loop.run_until_complete(extension.stop_extension())
+
+
+def test_state_dir_default_and_traits_documented():
     from jupyter_core.paths import jupyter_data_dir
 
-    from clipper_nb.server_ext import ClipperNB
+    from clipper_nb.config import ClipperNB
+    from clipper_nb.server_ext import ClipperNBExtension
 
-    assert _extension(jp_serverapp).state_dir.endswith("state")  # c.ClipperNB.state_dir was honoured
-    assert ClipperNB().state_dir == os.path.join(jupyter_data_dir(), "clipper_nb")
-    for name, trait in ClipperNB.class_own_traits(config=True).items():
-        assert trait.help, f"ClipperNB.{name} has no help text"
+    # Under Jupyter, state lives in the data dir unless the config says otherwise.
+    assert ClipperNB(parent=ClipperNBExtension()).state_dir == os.path.join(jupyter_data_dir(), "clipper_nb")
+    assert ClipperNB().state_dir == "clipper-state"  # clipper-nb serve: the working directory
+    for cls in (ClipperNB, ClipperNBExtension):
+        for name, trait in cls.class_own_traits(config=True).items():
+            assert trait.help, f"{cls.__name__}.{name} has no help text"
 
 
 def test_packaged_config_enables_the_extension():
@@ -214,4 +230,4 @@ def test_packaged_config_enables_the_extension():
     package = ExtensionPackage(name="clipper_nb", enabled=True)
     assert package.validate()
     (point,) = package.extension_points.values()
-    assert point.name == "clipper_nb" and point.app.__class__.__name__ == "ClipperNB"
+    assert point.name == "clipper_nb" and point.app.__class__.__name__ == "ClipperNBExtension"

@@ -16,7 +16,7 @@ import requests
 from sklearn.linear_model import LogisticRegression
 
 from clipper_nb.errors import BadInput, DeployError, ModelError, NotFound
-from conftest import TOKEN, wait_until, worker_pids
+from conftest import TOKEN, client_of, wait_until, worker_pids
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +272,7 @@ def test_workers_also_run_as_fresh_interpreters_without_the_fork_server(tmp_path
     from clipper_nb.frontend.server import Server
 
     with Server(state_dir=str(tmp_path / "s"), port=0, token=TOKEN, fork_server=False).start_in_thread() as srv:
-        c = srv.client()
+        c = client_of(srv)
         c.deploy(lambda b: [len(x) for x in b], "n", app="n", slo_ms=5000)
         assert c.predict("n", [1, 2, 3])["output"] == 3
         pids = worker_pids(str(tmp_path))

@@ -12,12 +12,13 @@ import math
 import time
 
 import pytest
+import requests
 
 from _widgets_fixtures import comms, from_frontend, ones, zeros  # noqa: F401 - fixture
 from clipper_nb.errors import NotFound
 from clipper_nb.frontend.server import Server
 from clipper_nb.widgets import Dashboard, SLOTuner, WeightsView
-from conftest import TOKEN, wait_until, worker_pids
+from conftest import TOKEN, client_of, wait_until, worker_pids
 
 
 async def _next_second() -> None:
@@ -62,7 +63,10 @@ async def test_dashboard_sends_one_stream_patch_per_tick(client, comms):
     src = dash.plots.sources
     assert sum(src["throughput"].data["qps"]) >= 15
     assert all(v == 200.0 for v in src["latency"].data["slo"])
-    assert any(k.startswith("batch/zero/") for k in src)  # a replica's AIMD series appeared
+    # a replica's AIMD series appeared, named as api/status names the replica (no secret part)
+    status = requests.get(f"{client.url}/api/status", headers={"Authorization": f"token {TOKEN}"}, timeout=30)
+    names = [r["name"] for r in status.json()["replicas"] if r["model"] == "zero"]
+    assert [k for k in src if k.startswith("batch/zero/")] == [f"batch/zero/{n}" for n in names] and names
     # the header went to the frontend as an ordinary widget update
     header_updates = [m for m in comms.of(dash.header) if m.data.get("method") == "update"]
     assert header_updates and "cnb-p99" in header_updates[-1].data["state"]["value"]
@@ -150,7 +154,7 @@ async def test_frontend_closing_the_comm_stops_polling(client, comms):
 async def test_a_server_that_goes_away_shows_a_status_line_not_a_traceback(tmp_path, comms):
     srv = Server(state_dir=str(tmp_path / "state"), port=0, token=TOKEN).start_in_thread()
     try:
-        c = srv.client()
+        c = client_of(srv)
         c.deploy(zeros, "zero", app="gone", slo_ms=500)
         dash = Dashboard("gone", client=c, interval=0.1)
         await _eventually(lambda: "live" in dash.status_line.value, message="the first poll")

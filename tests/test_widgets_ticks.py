@@ -1,14 +1,20 @@
-"""The pure tick logic: a metrics snapshot in, the points to stream out (no I/O)."""
+"""The pure tick logic: a metrics snapshot in, the points to stream out (no I/O).
+
+One implementation (``clipper_nb.charts.series``) serves the notebook widgets and,
+through ``api/dashboard/ticks``, the standalone page; the cursor travels as JSON.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from clipper_nb.charts.figures import FIGURES, PlotSet, series_columns
+from clipper_nb.charts.series import (APP_CONTEXT, Cursor, public_replica_name, public_snapshot, replica_label,
+                                      tick)
 from clipper_nb.engine.metrics import Metrics
-from clipper_nb.widgets.plots import FIGURES, PlotSet, series_columns
-from clipper_nb.widgets.ticks import APP_CONTEXT, Cursor, replica_label, tick
 
 
 def _app(ts, qps, att, p99, **extra):
@@ -130,3 +136,148 @@ def test_replica_labels():
     assert replica_label("digits:3:0:1") == "digits #0 v3"
     assert replica_label("batch/digits/digits:3:1:2") == "digits #1 v3"
     assert replica_label("odd") == "odd"
+
+
+# ---------------------------------------------------------------------- the cursor
+
+
+def _one_of_each(ts, rep_ts=None, w_ts=None):
+    """A snapshot with app seconds ``ts``, one replica and one weight series."""
+    rep_ts = ts if rep_ts is None else rep_ts
+    w_ts = ts if w_ts is None else w_ts
+    weights = {APP_CONTEXT: {"t": w_ts, "weights": {}, "probabilities": {"x": [0.5] * len(w_ts)}}}
+    rep = {"t": rep_ts, "batch_cap": [4.0] * len(rep_ts), "mean_batch_size": [2.0] * len(rep_ts)}
+    n = len(ts)
+    return _snapshot(max(ts) + 1.5, {"a": _app(ts, [1] * n, [1.0] * n, [1.0] * n, weights=weights)},
+                     {"m": {"t": rep_ts, "replicas": {"m:1:0:1": rep}}})
+
+
+@pytest.mark.parametrize("now, since", [(103.0, 102.0), (103.4, 102.0), (103.99, 102.0), (104.0, 103.0)])
+def test_since_is_the_last_second_a_snapshot_can_hold(now, since):
+    assert tick(_snapshot(now), "a", Cursor()).cursor.since == since
+    assert tick(_snapshot(now), "a", Cursor(since=7.0)).cursor.since == since  # the snapshot's now wins
+
+
+def test_since_is_kept_when_the_snapshot_has_no_clock():
+    assert tick({"apps": {}, "models": {}}, "a", Cursor(since=41.0)).cursor.since == 41.0
+    assert tick({}, "a", Cursor()).cursor.since is None
+
+
+def test_last_t_holds_the_newest_second_of_each_series_streamed():
+    t = tick(_one_of_each([100, 101, 102], rep_ts=[100, 101], w_ts=[101]), "a", Cursor(), models=["m"])
+    assert t.cursor.last_t == {"app": 102, "batch/m/m:1:0:1": 101, "weights/x": 101}
+
+
+def test_each_series_resumes_after_its_own_last_second():
+    cursor = Cursor(since=None, last_t={"app": 101, "batch/m/m:1:0:1": 99, "weights/x": 102})
+    before = dict(cursor.last_t)
+    t = tick(_one_of_each([99, 100, 101, 102]), "a", cursor, models=["m"])
+    assert t.streams["latency"]["x"] == [102000.0]  # after the app's 101
+    assert t.streams["batch/m/m:1:0:1"]["x"] == [100000.0, 101000.0, 102000.0]  # after the replica's own 99
+    assert "weights/x" not in t.streams  # nothing after 102
+    assert t.cursor.last_t == {"app": 102, "batch/m/m:1:0:1": 102, "weights/x": 102}
+    assert cursor.last_t == before  # the old cursor is not changed
+
+
+def test_a_series_not_in_the_cursor_streams_from_its_first_second():
+    t = tick(_one_of_each([100, 101]), "a", Cursor(last_t={"app": 101}), models=["m"])
+    assert "latency" not in t.streams and t.streams["weights/x"]["x"] == [100000.0, 101000.0]
+    assert t.streams["batch/m/m:1:0:1"]["x"] == [100000.0, 101000.0]
+
+
+def test_a_series_without_new_seconds_keeps_its_last_t():
+    first = tick(_one_of_each([100, 101]), "a", Cursor(), models=["m"])
+    # the replica is gone from this snapshot, the app has a new second
+    snap = _one_of_each([101, 102])
+    snap["models"] = {}
+    again = tick(snap, "a", first.cursor, models=["m"])
+    assert again.cursor.last_t == {"app": 102, "batch/m/m:1:0:1": 101, "weights/x": 102}
+
+
+def test_recent_holds_the_window_of_complete_seconds_across_ticks():
+    ts = [100, 101, 102, 103]
+    qps, att, p99 = [10, 20, 30, 40], [1.0, 0.5, 0.0, 1.0], [1.0, 2.0, None, 4.0]
+    first = tick(_snapshot(104.5, {"a": _app(ts[:2], qps[:2], att[:2], p99[:2])}), "a", Cursor(), window_s=3)
+    assert first.cursor.recent == ((100, 10, 10.0, 0.0, 1.0), (101, 20, 10.0, 0.0, 2.0))
+    second = tick(_snapshot(104.5, {"a": _app(ts, qps, att, p99)}), "a", first.cursor, window_s=3)
+    rec = second.cursor.recent
+    assert [r[0] for r in rec] == [101, 102, 103]  # t > newest - window_s: 100 fell out
+    assert rec[1][:4] == (102, 30, 0.0, 0.0) and math.isnan(rec[1][4])
+    assert second.numbers["seconds"] == 3.0 and second.numbers["qps"] == 40.0 and second.numbers["p99_ms"] == 4.0
+    assert second.numbers["slo_attainment"] == pytest.approx((10 + 0 + 40) / 90)
+    # no new second: the window stays as it was, and so do the numbers
+    third = tick(_snapshot(104.9, {"a": _app(ts, qps, att, p99)}), "a", second.cursor, window_s=3)
+    assert third.cursor.recent is second.cursor.recent and third.numbers == second.numbers
+
+
+def test_recent_counts_defaults_per_query():
+    a = _app([100, 101], [10, 30], [1.0, 1.0], [1.0, 1.0], default_rate=[0.5, 0.1])
+    t = tick(_snapshot(102.0, {"a": a}), "a", Cursor())
+    assert [r[3] for r in t.cursor.recent] == [5.0, 3.0]
+    assert t.numbers["default_rate"] == pytest.approx(8 / 40)
+
+
+def test_forget_drops_only_the_prefix_and_asks_for_a_full_snapshot():
+    c = Cursor(since=50.0, last_t={"app": 49, "weights/x": 48, "weights/y": 47, "batch/weights/r": 3},
+               recent=((49, 1, 1.0, 0.0, 2.0),))
+    f = c.forget("weights/")
+    assert f.since is None and f.last_t == {"app": 49, "batch/weights/r": 3} and f.recent == c.recent
+    assert c.last_t["weights/x"] == 48  # the original is unchanged
+
+
+def test_cursor_round_trips_through_json():
+    t = tick(_one_of_each([100, 101, 102]), "a", Cursor(), models=["m"])
+    t = tick(_snapshot(105.0, {"a": _app([103, 104], [5, 0], [1.0, None], [3.0, None])}), "a", t.cursor)
+    c = t.cursor
+    assert math.isnan(c.recent[-1][4])  # a second without queries has no p99
+    text = json.dumps(c.to_json(), allow_nan=False)  # strict JSON: NaN is written as null
+    back = Cursor.from_json(text)
+    assert back.to_json() == c.to_json() and back.since == c.since and back.last_t == c.last_t
+    assert back.recent[:-1] == c.recent[:-1] and back.recent[-1][:4] == c.recent[-1][:4]
+    assert math.isnan(back.recent[-1][4])
+    assert Cursor.from_json(json.loads(text)).to_json() == c.to_json()  # a dict does as well
+    plain = Cursor(since=3.0, last_t={"app": 2}, recent=((2, 4, 4.0, 0.0, 1.5),))
+    assert Cursor.from_json(json.dumps(plain.to_json())) == plain
+    assert Cursor.from_json({}) == Cursor() and Cursor.from_json("{}") == Cursor()
+
+
+def test_the_next_tick_is_the_same_from_a_cursor_that_went_through_json():
+    first = tick(_one_of_each([100, 101]), "a", Cursor(), models=["m"])
+    again = Cursor.from_json(json.dumps(first.cursor.to_json()))
+    snap = _one_of_each([100, 101, 102, 103])
+    a, b = tick(snap, "a", first.cursor, models=["m"]), tick(snap, "a", again, models=["m"])
+    assert a.streams == b.streams and a.numbers == b.numbers and a.cursor.to_json() == b.cursor.to_json()
+
+
+@pytest.mark.parametrize("bad", [
+    "[]", "not json", '{"since": "1"}', '{"since": true}', '{"since": NaN}', '{"last_t": []}',
+    '{"last_t": {"app": 1.5}}', '{"last_t": {"app": "1"}}', '{"last_t": {"app": false}}', '{"recent": {}}',
+    '{"recent": [[1, 2, 3, 4]]}', '{"recent": [[1.5, 2, 3, 4, 5]]}', '{"recent": [[1, 2, "3", 4, 5]]}',
+    '{"other": 1}',
+])
+def test_a_malformed_cursor_is_refused(bad):
+    with pytest.raises(ValueError):
+        Cursor.from_json(bad)
+
+
+def test_a_cursor_from_a_browser_is_bounded():
+    with pytest.raises(ValueError):
+        Cursor.from_json({"last_t": {f"s{i}": i for i in range(5000)}})
+    with pytest.raises(ValueError):
+        Cursor.from_json({"last_t": {"x" * 1000: 1}})
+    with pytest.raises(ValueError):
+        Cursor.from_json({"recent": [[i, 1, 1.0, 0.0, 1.0] for i in range(4000)]})
+
+
+def test_batch_series_are_named_by_the_public_replica_name():
+    assert public_replica_name("digits:3:0:7-9f2c0aa1d3e4b5c6") == "digits:3:0:7"
+    assert public_replica_name("my-model:3:0:7-ab") == "my-model:3:0:7"
+    assert public_replica_name("my-model:3:0:7") == "my-model:3:0:7"  # no secret: unchanged
+    assert public_replica_name("r0") == "r0"
+    rep = {"t": [100], "batch_cap": [4.0], "mean_batch_size": [2.0]}
+    snap = _snapshot(101.5, {}, {"m": {"t": [100], "replicas": {"m:1:0:7-0123456789abcdef": rep}}})
+    t = tick(snap, "a", Cursor(), models=["m"])
+    assert list(t.streams) == ["batch/m/m:1:0:7"] and "0123456789abcdef" not in json.dumps(t.cursor.to_json())
+    public = public_snapshot(snap)
+    assert list(public["models"]["m"]["replicas"]) == ["m:1:0:7"] and public["now"] == snap["now"]
+    assert "0123456789abcdef" in str(snap)  # the input is not changed

@@ -3,22 +3,14 @@
 >>> from clipper_nb.widgets import Dashboard
 >>> Dashboard("digits")        # in a notebook; client defaults to clipper_nb.connect()  # doctest: +SKIP
 
-Imports are lazy: the standalone dashboard page (``clipper_nb.frontend.dashboard``) uses the
-Bokeh parts (:mod:`.plots`, :mod:`.ticks`) inside the server, without ipywidgets.
+The widgets are kernel side: they talk to the server over HTTP only (through
+:class:`clipper_nb.kernel.client.Client`). The pure parts they share with the server's
+standalone page — the per-tick series and the Bokeh figures — live in
+:mod:`clipper_nb.charts`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from .views import Dashboard, SLOTuner, WeightsView
 
 __all__ = ["Dashboard", "SLOTuner", "WeightsView"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import views
-
-        value = getattr(views, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clipper_nb.widgets' has no attribute {name!r}")

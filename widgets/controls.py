@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import ipywidgets as W
 import numpy as np
 
+from clipper_nb.charts.series import APP_CONTEXT
 from clipper_nb.kernel.loadgen import run_load
-from clipper_nb.selection.policies import POLICIES
-from .ticks import APP_CONTEXT
+from clipper_nb.wire.protocol import POLICY_NAMES
 
 if TYPE_CHECKING:
     from .live import LiveView
@@ -67,7 +67,7 @@ def slo_slider(view: "LiveView", slo_ms: float) -> W.FloatLogSlider:
 
 def policy_dropdown(view: "LiveView", policy: str) -> W.Dropdown:
     """The app's selection policy (with the policy's default options)."""
-    options = list(POLICIES)
+    options = list(POLICY_NAMES)
     if policy not in options:
         options.append(policy)
     dd = W.Dropdown(options=options, value=policy, description="policy", style=_STYLE,

@@ -22,9 +22,9 @@ from typing import Any, Callable, ClassVar, Sequence
 
 import ipywidgets as W
 
-from clipper_nb.kernel.client import Client
-from .plots import PlotSet
-from .ticks import APP_CONTEXT, Cursor, Tick, tick
+from clipper_nb.charts.figures import PlotSet
+from clipper_nb.charts.series import APP_CONTEXT, Cursor, Tick, tick
+from clipper_nb.kernel.client import Client, connect
 
 __all__ = ["LiveView", "ensure_bokehjs"]
 
@@ -124,9 +124,7 @@ class LiveView(W.VBox):
         if interval <= 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval}")
         if client is None:
-            import clipper_nb
-
-            client = clipper_nb.connect()
+            client = connect()
         ensure_bokehjs()
         self.app = app
         self.client = client

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 import ipywidgets as W
 
+from clipper_nb.charts.figures import FIGURES
+from clipper_nb.charts.series import Tick
 from .controls import (LoadPanel, context_dropdown, policy_dropdown, quiet, replicas_slider, slo_slider,
                        update_contexts)
 from .live import LiveView
-from .plots import FIGURES
-from .ticks import Tick
 
 __all__ = ["Dashboard", "SLOTuner", "WeightsView"]
 

@@ -13,31 +13,42 @@ run batches and report their death. Implementations:
 
 Contract, for every implementation:
 
+* ``start()`` before the first ``start_replica``, ``close()`` after the last replica
+  stopped; ``close()`` also ends whatever the backend itself started.
 * ``start_replica`` returns only once the replica can take a batch (state ``idle``);
-  when the model cannot load it raises :class:`~clipper_nb.errors.DeployError` naming
-  the cause.
+  when the model cannot load, or the replica does not come up within
+  ``spec.start_timeout_s``, it raises :class:`~clipper_nb.errors.DeployError` naming
+  the cause, and leaves nothing running. Cancelling it leaves nothing running either.
 * ``run_batch(inputs)`` returns ``(outputs, meta)`` with one output per input and
   ``meta["compute_ms"]``, the replica's own compute time (what AIMD steers on). It
   raises :class:`~clipper_nb.errors.ModelError` when the model raised (the replica is
   still alive) and :class:`ReplicaLost` when the replica died or hung with the batch
-  (the batch may be retried on another replica).
-* A replica that dies at any time calls ``on_dead(handle, cause)`` exactly once.
-* ``stop()`` ends the replica; afterwards nothing it ran survives.
+  (the batch may be retried on another replica), or was not ``idle`` when called.
+  One batch at a time per replica.
+* A replica that ``start_replica`` returned and that dies before ``stop()`` was called
+  (crash, kill, missed heartbeats, a batch past ``spec.hang_timeout_s``) calls
+  ``on_dead(handle, cause)`` exactly once, after failing its in-flight batch with
+  :class:`ReplicaLost`; its state is then ``dead`` and ``death_cause`` says why.
+  A replica that never started does not call it (``start_replica`` raised instead).
+* ``stop()`` ends the replica (state ``dead``, ``death_cause == "stopped"`` unless it
+  had died already) and does not call ``on_dead``; a batch in flight fails with
+  :class:`ReplicaLost`. Afterwards nothing the replica ran survives. Calling it twice
+  is harmless.
+* ``name`` never carries a secret: it is shown in status rows, metrics and errors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
-__all__ = ["OnDead", "ReplicaBackend", "ReplicaHandle", "ReplicaLost", "ReplicaSpec", "REPLICA_STATES"]
+from clipper_nb.errors import ReplicaLost  # re-exported: part of the interface
+
+__all__ = ["REPLICA_STATES", "OnDead", "ReplicaBackend", "ReplicaHandle", "ReplicaLost", "ReplicaSpec"]
 
 #: ``starting`` -> ``idle`` <-> ``busy`` -> ``dead``
 REPLICA_STATES = ("starting", "idle", "busy", "dead")
-
-
-class ReplicaLost(Exception):
-    """The replica died or hung while it held a batch; the batch may be retried elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,9 @@ class ReplicaSpec:
     preload: Sequence[str] = ()
     #: compute threads for the model (None: the backend's choice or the user's env)
     threads: int | None = None
+    #: how many replicas of this version are wanted: a backend whose replicas share
+    #: one machine divides its cores among them when ``threads`` is None
+    replicas: int = 1
     start_timeout_s: float = 120.0
     heartbeat_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0

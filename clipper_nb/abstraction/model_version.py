@@ -1,39 +1,50 @@
-"""A running model version: its replica processes, queue, cache and batch loops.
+"""A running model version: its query path over replicas that any backend runs.
 
-The supervisor half starts one worker process per replica, waits for its hello,
-restarts it when it dies (with backoff for crash loops) and stops them all on
-shutdown. The serving half puts queries on the model's :class:`BatchQueue`; each
-replica runs a loop that cuts batches sized by its own :class:`AIMDController`.
+``submit`` answers from the prediction cache, shares an identical query already in
+flight, or queues the query on the version's :class:`BatchQueue`. Each replica that
+is up runs a batch loop that cuts batches sized by its own :class:`AIMDController`
+and sends them to the replica. A batch whose replica is lost goes back to the front
+of the queue once (another replica takes it); a batch the model raised on fails
+every query in it with :class:`ModelError`.
+
+Which replicas exist is the :class:`~.supervisor.Supervisor`'s business: it starts,
+restarts and stops them on a :class:`~.backend.ReplicaBackend` and tells this module
+when one is up or going away. Nothing here knows which backend runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from clipper_nb.abstraction import batching
-from clipper_nb.abstraction.batching import AIMDController, BatchQueue, DeadlineMissed, QueuedQuery
+from clipper_nb.abstraction.backend import (
+    ReplicaBackend,
+    ReplicaHandle,
+    ReplicaLost,
+    ReplicaSpec,
+)
+from clipper_nb.abstraction.batching import AIMDController, BatchQueue, QueuedQuery
 from clipper_nb.abstraction.cache import PredictionCache
+from clipper_nb.abstraction.supervisor import Slot, Supervisor
+from clipper_nb.errors import ModelError, Unavailable
 from clipper_nb.wire.codec import input_digest
-from clipper_nb.errors import DeployError, ModelError, Unavailable
-from clipper_nb.containers.zmq_transport import Replica, ReplicaLost, Router
-from clipper_nb.containers.forkserver import ForkServer
+
+__all__ = ["MAX_ATTEMPTS", "ModelVersion", "ModelVersionConfig"]
 
 log = logging.getLogger("clipper_nb.abstraction.model_version")
 
-_replica_serial = itertools.count(1)
 MAX_ATTEMPTS = 2  # a batch whose replica dies is retried once on another replica
+#: AIMD's starting cap: small, so a slow model's first batches stay within the SLO
+START_CAP = 4
 
 
 @dataclass
-class DeploymentConfig:
+class ModelVersionConfig:
     """What a model version needs to run; built by the engine from the stored version."""
 
     model: str
@@ -51,189 +62,87 @@ class DeploymentConfig:
     start_timeout_s: float = 120.0
     heartbeat_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0
-    frontend_timeout_s: float = 10.0
     env: dict[str, str] = field(default_factory=dict)
-    #: modules the fork server imports before forking this model's workers
+    #: modules a backend may import before starting this model's replicas (the fork server)
     preload: list[str] = field(default_factory=list)
 
-
-class _Slot:
-    """One wanted replica position; its process and connection change on restart."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.generation = 0
-        self.replica: Replica | None = None
-        self.process: Any = None  # an asyncio Process, or a ForkedProcess from the fork server
-        self.controller: AIMDController | None = None
-        self.loop_task: asyncio.Task | None = None
-        self.started_at = 0.0
-        self.restarts = 0
-        self.crashes_in_row = 0
-        self.wanted = True
+    def replica_spec(self, index: int = 0, replicas: int = 1) -> ReplicaSpec:
+        """The backend's view of replica ``index`` of this version."""
+        return ReplicaSpec(
+            model=self.model, version=self.version, index=index, artifact_dir=self.artifact_dir,
+            log_dir=self.log_dir, device=self.device, python=self.python, cwd=self.cwd, env=dict(self.env),
+            preload=tuple(self.preload), replicas=replicas, start_timeout_s=self.start_timeout_s,
+            heartbeat_timeout_s=self.heartbeat_timeout_s, hang_timeout_s=self.hang_timeout_s)
 
 
-class Deployment:
-    def __init__(self, router: Router, config: DeploymentConfig, metrics: Any = None,
-                 spawner: ForkServer | None = None) -> None:
-        self.router = router
-        self.spawner = spawner
+class _Lane:
+    """The serving side of one replica: its AIMD controller and batch loop."""
+
+    def __init__(self, handle: ReplicaHandle, controller: AIMDController) -> None:
+        self.handle = handle
+        self.controller = controller
+        self.task: asyncio.Task | None = None
+        self.in_batch = False
+
+
+class ModelVersion:
+    """Serves one model version: cache -> in-flight dedup -> queue -> replica batch loops."""
+
+    def __init__(self, backend: ReplicaBackend, config: ModelVersionConfig, metrics: Any = None) -> None:
+        self.backend = backend
         self.config = config
         self.metrics = metrics
         self.name = config.model
         self.cache = PredictionCache(config.cache_bytes)
         self.queue = BatchQueue(on_expired=self._on_expired)
-        self._inflight: dict[bytes, QueuedQuery] = {}
-        self._slots: list[_Slot] = []
-        self._stopping = False
-        self._tasks: set[asyncio.Task] = set()
         self.deadline_drops = 0
+        self._inflight: dict[bytes, QueuedQuery] = {}
+        self._lanes: dict[Slot, _Lane] = {}
+        self._loops: set[asyncio.Task] = set()
+        self._stopped = False
+        self.supervisor = Supervisor(backend, config.replica_spec(), on_up=self._on_up, on_down=self._on_down)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, replicas: int) -> None:
-        """Start ``replicas`` workers and wait until every one said hello."""
+        """Start ``replicas`` replicas and wait until every one can take a batch."""
         await self.scale(replicas)
 
     async def scale(self, replicas: int) -> None:
-        """Grow or shrink to ``replicas`` workers; new ones must load before this returns."""
-        live = [s for s in self._slots if s.wanted]
-        for slot in live[replicas:]:
-            slot.wanted = False
-            await self._stop_slot(slot)
-        self._slots = [s for s in self._slots if s.wanted]
-        new = []
-        for _ in range(replicas - len(self._slots)):
-            new.append(_Slot(self._next_index()))
-            self._slots.append(new[-1])
-        results = await asyncio.gather(*(self._start_slot(s) for s in new), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            for slot in new:
-                slot.wanted = False
-                await self._stop_slot(slot)
-            self._slots = [s for s in self._slots if s.wanted]
-            raise errors[0]
-
-    def _next_index(self) -> int:
-        used = {s.index for s in self._slots}
-        return next(i for i in range(len(used) + 1) if i not in used)
-
-    async def _start_slot(self, slot: _Slot) -> None:
-        cfg = self.config
-        slot.generation += 1
-        # Unique per frontend: a rollback re-runs an old version while its old replicas
-        # may still be saying goodbye on the same ROUTER socket.
-        # The random part keeps another local user from connecting as a replica that
-        # is still starting (the ROUTER listens on loopback without authentication).
-        name = f"{cfg.model}:{cfg.version}:{slot.index}:{next(_replica_serial)}-{secrets.token_hex(8)}"
-        replica = Replica(self.router, name, heartbeat_timeout_s=cfg.heartbeat_timeout_s,
-                          hang_timeout_s=cfg.hang_timeout_s, on_dead=self._on_dead)
-        slot.replica = replica
-        log_path = os.path.join(cfg.log_dir, f"{cfg.model}-{cfg.version}-{slot.index}.log")
-        env = {**os.environ, **cfg.env}
-        if cfg.cwd and os.path.isdir(cfg.cwd):
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (cfg.cwd, env.get("PYTHONPATH")) if p)
-        argv = ["--frontend", self.router.address, "--identity", name, "--artifact", cfg.artifact_dir,
-                "--device", cfg.device, "--frontend-timeout", str(cfg.frontend_timeout_s)]
-        if "OMP_NUM_THREADS" not in env:  # the user's setting wins
-            argv += ["--threads", str(max(1, (os.cpu_count() or 1) // max(1, self.replica_count)))]
-        cwd = cfg.cwd if cfg.cwd and os.path.isdir(cfg.cwd) else None
-        if self.spawner is not None:
-            slot.process = await self.spawner.spawn(argv, env, cwd, log_path, cfg.preload)
-        else:
-            with open(log_path, "ab") as log_file:
-                slot.process = await asyncio.create_subprocess_exec(
-                    cfg.python, "-m", "clipper_nb.containers.worker", *argv, stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file, stderr=log_file, env=env, cwd=cwd)
-        slot.started_at = time.monotonic()
-        self._spawn(self._watch_process(slot, replica, slot.process))
-        try:
-            info = await asyncio.wait_for(asyncio.shield(replica.hello), cfg.start_timeout_s)
-        except asyncio.TimeoutError:
-            replica.mark_dead("did not start in time")
-            raise DeployError(f"replica {slot.index} of {cfg.model}:{cfg.version} did not start within "
-                              f"{cfg.start_timeout_s:.0f}s", _tail(log_path)) from None
-        except (ModelError, ReplicaLost) as e:
-            tail = _tail(log_path)
-            why = str(e)
-            if isinstance(e, ReplicaLost) and tail:  # it exited: its last words say why
-                why += f" ({tail.splitlines()[-1].strip()})"
-            raise DeployError(f"a worker could not load {cfg.model}:{cfg.version}: {why}",
-                              getattr(e, "cause", None) or tail) from None
-        log.info("replica %s up (pid %s, %s)", name, info.get("pid"), info.get("device"))
-        slot.controller = AIMDController(cfg.objective_s, fixed=cfg.batch_size,
-                                         max_cap=cfg.max_batch_size,
-                                         cap=min(4, cfg.max_batch_size))
-        slot.loop_task = self._spawn(self._replica_loop(slot, replica, slot.controller))
-
-    async def _watch_process(self, slot: _Slot, replica: Replica, process: Any) -> None:
-        rc = await process.wait()
-        if replica.state == "starting":
-            # A worker that cannot load says why over ZeroMQ, then exits; the exit can
-            # reach us first. Give its message a moment so the deploy error names the cause.
-            for _ in range(20):
-                if replica.state != "starting":
-                    return
-                await asyncio.sleep(0.025)
-        replica.mark_dead(f"worker process exited with code {rc}")
-
-    def _on_dead(self, replica: Replica, cause: str) -> None:
-        slot = next((s for s in self._slots if s.replica is replica), None)
-        if slot is None:
-            return
-        if slot.process is not None and slot.process.returncode is None:
-            slot.process.kill()  # hung, or said it could not load: make sure it is gone
-        if self._stopping or not slot.wanted or not replica.info:
-            return  # stopped on purpose, or it never started: _start_slot reports that
-        log.warning("replica %s died: %s; restarting", replica.name, cause)
-        lived = time.monotonic() - slot.started_at
-        slot.crashes_in_row = 0 if lived > 30 else slot.crashes_in_row + 1
-        delay = 0.0 if slot.crashes_in_row <= 1 else min(10.0, 0.5 * 2 ** (slot.crashes_in_row - 2))
-        self._spawn(self._restart(slot, delay))
-
-    async def _restart(self, slot: _Slot, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self._stopping or not slot.wanted:
-            return
-        slot.restarts += 1
-        try:
-            await self._start_slot(slot)
-        except Exception as e:  # noqa: BLE001 - _on_dead schedules the next try
-            log.warning("restart of %s:%s replica %d failed: %s", self.config.model, self.config.version,
-                        slot.index, e)
-            if not (self._stopping or not slot.wanted):
-                self._spawn(self._restart(slot, min(10.0, 1.0 + delay * 2)))
-
-    async def _stop_slot(self, slot: _Slot) -> None:
-        replica, process = slot.replica, slot.process
-        if slot.loop_task is not None:
-            slot.loop_task.cancel()
-        if replica is not None:
-            replica.stop()
-        if process is not None and process.returncode is None:
-            try:
-                await asyncio.wait_for(process.wait(), 2.0)
-            except asyncio.TimeoutError:
-                process.kill()
-                await process.wait()
-        if replica is not None:
-            replica.mark_dead("stopped")
+        """Grow or shrink to ``replicas``; new ones must load before this returns."""
+        await self.supervisor.scale(replicas)
 
     async def stop(self) -> None:
         """Stop every replica; queued queries fail with a clear error."""
-        self._stopping = True
-        await asyncio.gather(*(self._stop_slot(s) for s in self._slots), return_exceptions=True)
+        self._stopped = True
+        await self.supervisor.stop()
+        loops = list(self._loops)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)  # their batches are back in the queue
         for q in self.queue.drain():
             if not q.future.done():
-                q.future.set_exception(ModelError(f"model {self.name} was stopped"))
-        for t in list(self._tasks):
-            t.cancel()
+                q.future.set_exception(ModelError(f"model {self.name}:{self.config.version} was stopped"))
 
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _on_up(self, slot: Slot) -> None:
+        cfg = self.config
+        controller = AIMDController(cfg.objective_s, fixed=cfg.batch_size, max_cap=cfg.max_batch_size,
+                                    cap=min(START_CAP, cfg.max_batch_size))
+        lane = self._lanes[slot] = _Lane(slot.handle, controller)
+        lane.task = asyncio.ensure_future(self._replica_loop(lane))
+        self._loops.add(lane.task)
+        lane.task.add_done_callback(self._loops.discard)
+
+    def _on_down(self, slot: Slot, deliberate: bool) -> None:
+        lane = self._lanes.get(slot)
+        if lane is None or lane.task is None:
+            return
+        if not deliberate:
+            self._lanes[slot] = _Lane(lane.handle, lane.controller)  # status keeps its last cap
+            if lane.in_batch:
+                return  # the batch fails with ReplicaLost; the loop retries it and ends
+        else:
+            del self._lanes[slot]
+        lane.task.cancel()
 
     # ------------------------------------------------------------------ serving
     def submit(self, x: Any, deadline: float, use_cache: bool = True) -> asyncio.Future:
@@ -256,9 +165,10 @@ class Deployment:
                 return pending.future
         fut = loop.create_future()
         fut.add_done_callback(_retrieve)
-        if not self.replica_count:
-            # Scaled to zero: nothing would ever take the query off the queue.
-            fut.set_exception(Unavailable(f"model {self.name} has no replicas", "scale it up"))
+        if self._stopped or not self.replica_count:
+            # Nothing would ever take the query off the queue.
+            why = "was stopped" if self._stopped else "has no replicas"
+            fut.set_exception(Unavailable(f"model {self.name} {why}", None if self._stopped else "scale it up"))
             return fut
         q = QueuedQuery(x, fut, deadline, key)
         if key is not None:
@@ -280,21 +190,22 @@ class Deployment:
     def _on_expired(self, q: QueuedQuery) -> None:
         self.deadline_drops += 1
 
-    async def _replica_loop(self, slot: _Slot, replica: Replica, controller: AIMDController) -> None:
-        cfg, queue, metrics = self.config, self.queue, self.metrics
+    async def _replica_loop(self, lane: _Lane) -> None:
+        queue, handle, controller = self.queue, lane.handle, lane.controller
         last_batch_end = time.monotonic()
 
         def expected_latency() -> float:
             return controller.expected_latency_s(time.monotonic() - last_batch_end)
 
-        while replica.state in ("idle", "busy"):
-            items = await queue.get_batch(controller.limit(), cfg.batch_delay_s, expected_latency)
-            if replica.state != "idle":
+        while handle.state in ("idle", "busy"):
+            items = await queue.get_batch(controller.limit(), self.config.batch_delay_s, expected_latency)
+            if handle.state != "idle":
                 queue.put_front(items)
                 return
             start = time.monotonic()
+            lane.in_batch = True
             try:
-                outputs, meta = await replica.run_batch([q.x for q in items])
+                outputs, meta = await handle.run_batch([q.x for q in items])
             except ReplicaLost as e:
                 self._retry(items, e)
                 return
@@ -305,22 +216,30 @@ class Deployment:
                 queue.put_front([q for q in items if not q.future.done()])
                 raise
             except ModelError as e:
-                for q in items:
-                    if not q.future.done():
-                        q.future.set_exception(ModelError(f"model {self.name}:{cfg.version} failed: "
-                                                          f"{e.message.removeprefix('the model failed: ')}",
-                                                          e.cause))
+                self._fail(items, e)
                 continue
+            finally:
+                lane.in_batch = False
             last_batch_end = time.monotonic()
-            latency = last_batch_end - start
-            controller.observe(len(items), latency, meta.get("compute_ms", latency * 1000) / 1000)
-            for q, out in zip(items, outputs):
-                if not q.future.done():
-                    q.future.set_result(out)
-            if metrics is not None:
-                metrics.record_batch(self.name, replica.name, len(items), latency)
-                metrics.set_batch_cap(self.name, replica.name, controller.limit())
-                metrics.set_queue_length(self.name, len(queue))
+            self._answer(lane, items, outputs, last_batch_end - start, meta)
+
+    def _answer(self, lane: _Lane, items: list[QueuedQuery], outputs: list, latency: float, meta: dict) -> None:
+        lane.controller.observe(len(items), latency, meta.get("compute_ms", latency * 1000) / 1000)
+        for q, out in zip(items, outputs):
+            if not q.future.done():
+                q.future.set_result(out)
+        if self.metrics is not None:
+            self.metrics.record_batch(self.name, lane.handle.name, len(items), latency)
+            self.metrics.set_batch_cap(self.name, lane.handle.name, lane.controller.limit())
+            self.metrics.set_queue_length(self.name, len(self.queue))
+
+    def _fail(self, items: list[QueuedQuery], error: ModelError) -> None:
+        """The model raised on this batch: every query in it fails with the model's error."""
+        message = error.message.removeprefix("the model failed: ")
+        for q in items:
+            if not q.future.done():
+                q.future.set_exception(ModelError(f"model {self.name}:{self.config.version} failed: {message}",
+                                                  error.cause))
 
     def _retry(self, items: list[QueuedQuery], error: Exception) -> None:
         again = []
@@ -336,44 +255,36 @@ class Deployment:
     # ------------------------------------------------------------------ tuning and status
     def set_objective(self, objective_s: float) -> None:
         self.config.objective_s = objective_s
-        for slot in self._slots:
-            if slot.controller is not None:
-                slot.controller.set_objective(objective_s)
+        for lane in self._lanes.values():
+            lane.controller.set_objective(objective_s)
 
     def status(self) -> list[dict]:
+        """One row per wanted replica (``model, version, replica, name, state, pid, device,
+        batch_cap, restarts, last_error, backend``)."""
         rows = []
-        for slot in self._slots:
-            r, c = slot.replica, slot.controller
+        for slot in self.supervisor.slots:
+            h, lane = slot.handle, self._lanes.get(slot)
+            state = slot.state
             rows.append({
                 "model": self.config.model, "version": self.config.version, "replica": slot.index,
-                # never the identity's secret part
-                "name": r.name.rsplit("-", 1)[0] if r else None, "state": r.state if r else "starting",
-                "pid": slot.process.pid if slot.process else None,
-                "device": (r.info.get("device") if r else None) or self.config.device,
-                "batch_cap": c.limit() if c else None, "restarts": slot.restarts,
-                "last_error": r.death_cause if r and r.state == "dead" else None,
+                "name": h.name if h else None, "state": state,
+                "pid": h.pid if h and h.state != "dead" else None,
+                "device": (h.info.get("device") if h else None) or self.config.device,
+                "batch_cap": lane.controller.limit() if lane else None, "restarts": slot.restarts,
+                "last_error": slot.last_error if state == "dead" else None,
+                "backend": self.backend.name,
             })
         return rows
 
     @property
     def replica_count(self) -> int:
-        return sum(1 for s in self._slots if s.wanted)
+        return self.supervisor.replica_count
 
     def pids(self) -> list[int]:
-        return [s.process.pid for s in self._slots if s.process is not None and s.process.returncode is None]
+        return self.supervisor.pids()
 
 
 def _retrieve(fut: asyncio.Future) -> None:
     """Mark a failure as seen: late and shared futures often have no one awaiting them."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _tail(path: str, limit: int = 2000) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - limit))
-            return f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""

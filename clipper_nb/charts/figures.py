@@ -1,11 +1,12 @@
 """Bokeh figures of the dashboard and the data sources behind them.
 
 :class:`PlotSet` owns one figure per plot kind and one ``ColumnDataSource`` per
-series key of :mod:`clipper_nb.widgets.ticks`. Series whose number is not known in
+series key of :mod:`clipper_nb.charts.series`. Series whose number is not known in
 advance (one per replica, one per model's weight) get their source and glyphs the
 first time a tick streams them. Nothing here knows about ipywidgets or HTTP: the
-live views wrap each figure in a ``BokehModel``; the standalone page puts all of
-them in one document and streams from JavaScript.
+notebook's live views wrap each figure in a ``BokehModel``; the standalone page
+(``clipper_nb.frontend.dashboard``) puts all of them in one document, and its
+script streams into the sources what the server's tick route returns.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bokeh.models import (ColumnDataSource, DataRange1d, DatetimeTickFormatter, 
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from .ticks import Columns, replica_label
+from .series import Columns, replica_label
 
 __all__ = ["FIGURES", "PlotSet", "TITLES", "series_columns"]
 
@@ -44,7 +45,7 @@ _FRACTION_PLOTS = {"weights", "cache", "misses"}
 
 
 def series_columns(key: str) -> list[str]:
-    """The columns of the source for series ``key`` (see :mod:`.ticks`)."""
+    """The columns of the source for series ``key`` (see :mod:`.series`)."""
     kind = key.split("/", 1)[0]
     if kind == "batch":
         return ["x", "cap", "mean"]

@@ -3,8 +3,10 @@
 A live view polls ``GET api/metrics?since=T`` and hands the JSON to :func:`tick`
 together with a :class:`Cursor` (what it has streamed so far). :func:`tick` returns
 the columns to append to each plot's data source, the numbers for the header and
-the next cursor. It does no I/O and reads no clock, so it is tested directly; the
-standalone page (``clipper_nb.frontend.dashboard``) runs a JavaScript port of it.
+the next cursor. It does no I/O and reads no clock, so it is tested directly. This
+is the only implementation: the notebook widgets call it in the kernel, and the
+standalone page's route (``GET api/dashboard/ticks``) calls it in the server and
+sends the result to the page, with the cursor as JSON (:meth:`Cursor.to_json`).
 
 Series keys name a data source (the part before the first ``/`` names its plot):
 
@@ -13,7 +15,9 @@ Series keys name a data source (the part before the first ``/`` names its plot):
 ``throughput``           ``x, qps, goodput`` (queries per second)
 ``cache``                ``x, hit_rate`` (fraction)
 ``misses``               ``x, default_rate, slo_miss, error_rate``
-``batch/<model>/<rep>``  ``x, cap, mean`` (AIMD cap and mean batch size)
+``batch/<model>/<rep>``  ``x, cap, mean`` (AIMD cap and mean batch size);
+                         ``<rep>`` is the public replica name
+                         (:func:`public_replica_name`), as ``api/status`` shows it
 ``weights/<model>``      ``x, p`` (selection probability in one context)
 =======================  ================================================
 
@@ -29,11 +33,14 @@ Example::
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["APP_CONTEXT", "Columns", "Cursor", "HEADER_WINDOW_S", "Tick", "replica_label", "tick"]
+__all__ = ["APP_CONTEXT", "Columns", "Cursor", "HEADER_WINDOW_S", "Tick", "public_replica_name", "public_snapshot",
+           "replica_label", "tick"]
 
 #: Columns of one data source: name -> values, all of the same length.
 Columns = dict[str, list[float]]
@@ -43,6 +50,13 @@ APP_CONTEXT = "default"
 #: bursty load says little, the whole 600 s window says too little about now.
 HEADER_WINDOW_S = 10
 _NAN = math.nan
+#: Bounds on a cursor read from JSON (it comes from a browser): series and seconds.
+MAX_CURSOR_SERIES = 4096
+MAX_CURSOR_RECENT = 3600
+_MAX_KEY_CHARS = 512
+# A replica's identity on the worker socket is ``model:version:index:serial-<secret>``;
+# everything the user sees names it without the secret part.
+_SECRET_SUFFIX = re.compile(r"^(.*:\d+)-[0-9a-fA-F]+$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,28 @@ class Cursor:
         from a full snapshot (``since=None``): used when the weights' context changes."""
         return replace(self, since=None, last_t={k: t for k, t in self.last_t.items() if not k.startswith(prefix)})
 
+    def to_json(self) -> dict[str, Any]:
+        """This cursor as a JSON-able dict (a NaN p99 becomes ``null``);
+        :meth:`from_json` reads it back."""
+        return {"since": self.since, "last_t": dict(self.last_t),
+                "recent": [[t, q, ok, dflt, None if math.isnan(p99) else p99] for t, q, ok, dflt, p99 in self.recent]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | str | bytes) -> "Cursor":
+        """The cursor :meth:`to_json` wrote (a dict, or its JSON text); ``{}`` is a
+        fresh cursor. Raises ``ValueError`` on anything else: it comes from a browser."""
+        if isinstance(data, (str, bytes)):
+            data = json.loads(data)  # JSONDecodeError is a ValueError
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a cursor is a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"since", "last_t", "recent"}
+        if unknown:
+            raise ValueError(f"unknown cursor field(s): {', '.join(sorted(map(str, unknown)))}")
+        since = data.get("since")
+        if since is not None:
+            since = _finite(since, "since")
+        return cls(since=since, last_t=_last_t(data.get("last_t", {})), recent=_recent_rows(data.get("recent", [])))
+
 
 @dataclass(frozen=True)
 class Tick:
@@ -69,6 +105,54 @@ class Tick:
     numbers: dict[str, float | None]
     contexts: list[str]
     cursor: Cursor
+
+
+def _finite(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"cursor {what} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _second(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"cursor {what} must be an integer second, got {v!r}")
+    return v
+
+
+def _last_t(obj: Any) -> dict[str, int]:
+    if not isinstance(obj, Mapping) or len(obj) > MAX_CURSOR_SERIES:
+        raise ValueError(f"cursor last_t must be an object of at most {MAX_CURSOR_SERIES} series")
+    if any(not isinstance(k, str) or len(k) > _MAX_KEY_CHARS for k in obj):
+        raise ValueError("cursor last_t keys must be series keys")
+    return {k: _second(t, f"last_t[{k!r}]") for k, t in obj.items()}
+
+
+def _recent_rows(obj: Any) -> tuple[tuple[int, int, float, float, float], ...]:
+    if not isinstance(obj, (list, tuple)) or len(obj) > MAX_CURSOR_RECENT:
+        raise ValueError(f"cursor recent must be a list of at most {MAX_CURSOR_RECENT} rows")
+    rows = []
+    for r in obj:
+        if not isinstance(r, (list, tuple)) or len(r) != 5:
+            raise ValueError(f"cursor recent rows are [t, queries, within_slo, defaults, p99_ms], got {r!r}")
+        t, q, ok, dflt, p99 = r
+        rows.append((_second(t, "recent t"), _second(q, "recent queries"), _finite(ok, "recent within_slo"),
+                     _finite(dflt, "recent defaults"), _NAN if p99 is None else _finite(p99, "recent p99_ms")))
+    return tuple(rows)
+
+
+def public_replica_name(name: str) -> str:
+    """A replica's name without the secret part of its socket identity:
+    ``digits:3:0:7`` for ``digits:3:0:7-9f2c...``; other names unchanged."""
+    m = _SECRET_SUFFIX.match(name)
+    return m.group(1) if m else name
+
+
+def public_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """``snapshot`` with every model's replicas keyed by :func:`public_replica_name`."""
+    models = snapshot.get("models") or {}
+    return {**snapshot, "models": {m: {**v, "replicas": {public_replica_name(r): x
+                                                         for r, x in (v.get("replicas") or {}).items()}}
+                                   for m, v in models.items()}}
 
 
 def _num(v: Any) -> float:
@@ -156,7 +240,7 @@ def tick(snapshot: Mapping[str, Any], app: str, cursor: Cursor, *, slo_ms: float
     all_models = snapshot.get("models", {})
     for model in (all_models if models is None else models):
         for rep, r in all_models.get(model, {}).get("replicas", {}).items():
-            key = f"batch/{model}/{rep}"
+            key = f"batch/{model}/{public_replica_name(rep)}"
             rows = _new_rows(key, r["t"], cursor)
             if rows:
                 streams[key] = _columns(r["t"], rows, tz_offset_s, cap=r["batch_cap"], mean=r["mean_batch_size"])

@@ -16,13 +16,18 @@ thread, so forking it is safe; CUDA is only ever initialised in the workers.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
 import json
 import logging
 import os
+import selectors
 import signal
 import sys
-from typing import Any
+import traceback
+
+# The point of a fork server: import the worker (zmq, numpy, the codec) once, fork many.
+from clipper_nb.containers import worker
 
 log = logging.getLogger("clipper_nb.containers.forkserver")
 
@@ -117,7 +122,7 @@ class ForkServer:
         self._pending.clear()
 
     async def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None, log_path: str,
-                    preload: list[str]) -> ForkedProcess:
+                    preload: list[str] | tuple[str, ...] = ()) -> ForkedProcess:
         async with self._lock:
             await self._ensure_started()
             assert self._proc is not None and self._proc.stdin is not None
@@ -125,7 +130,7 @@ class ForkServer:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._pending[self._next_id] = fut
             request = {"id": self._next_id, "argv": argv, "env": env, "cwd": cwd, "log": log_path,
-                       "preload": preload}
+                       "preload": list(preload)}
             self._proc.stdin.write(json.dumps(request).encode() + b"\n")
             await self._proc.stdin.drain()
         pid = await asyncio.wait_for(fut, 60)
@@ -176,8 +181,6 @@ def _set_process_name(name: bytes) -> None:
     """A forked worker shares the fork server's command line; its name (``comm``,
     what ``ps -o comm`` and ``top`` show) says what it is."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6").prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
     except OSError:
         pass
@@ -204,14 +207,10 @@ def _child(req: dict) -> None:
         sys.path[:0] = [p for p in extra if p not in sys.path]
         if req.get("cwd"):
             os.chdir(req["cwd"])
-        from clipper_nb.containers import worker
-
         code = worker.main(req["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:  # noqa: BLE001 - report, then exit: never return into the fork server
-        import traceback
-
         traceback.print_exc()
     finally:
         try:
@@ -222,11 +221,8 @@ def _child(req: dict) -> None:
 
 
 def main() -> int:
-    from clipper_nb.containers import worker  # noqa: F401 - the point: import once, fork many
-
     worker._die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    import selectors
 
     sel = selectors.DefaultSelector()
     sel.register(0, selectors.EVENT_READ)
@@ -245,7 +241,7 @@ def main() -> int:
                     for name in req.get("preload", []):
                         try:
                             importlib.import_module(name)
-                        except Exception:  # noqa: BLE001 - the worker will report what fails
+                        except Exception:  # noqa: BLE001, S110 - the worker will report what fails
                             pass
                     try:
                         pid = os.fork()

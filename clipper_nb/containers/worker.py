@@ -1,16 +1,9 @@
 """A model container: one OS process per replica (``python -m clipper_nb.containers.worker``).
 
-Protocol (ZeroMQ DEALER here, ROUTER at the frontend; every message is multipart):
-
-=========================================  ==========================================
-worker -> frontend                         frontend -> worker
-=========================================  ==========================================
-``hello, {pid, device, versions}``         ``batch, id, header, payload``
-``load_error, {error, traceback}``         ``hb``      (the frontend is alive)
-``result, id, {n, compute_ms}, hdr, data`` ``stop``
-``error, id, {error, traceback}``
-``hb``      (idle and alive)
-=========================================  ==========================================
+It loads the artifact, says ``HELLO`` over a ZeroMQ DEALER socket, then loops:
+receive a batch, predict, reply with the outputs and its compute time, heartbeat.
+The message kinds are :mod:`clipper_nb.wire.protocol`'s; loading and predicting are
+:mod:`clipper_nb.wire.predict`'s, shared with the in-process test backend.
 
 The worker exits when the frontend's heartbeats stop (even after ``kill -9`` of the
 server it must not linger) and, on Linux, when its parent dies (``PR_SET_PDEATHSIG``).
@@ -29,10 +22,17 @@ import traceback
 
 import zmq
 
-from clipper_nb.wire import artifact
-from clipper_nb.wire import codec
-
-HEARTBEAT_S = 0.5
+from clipper_nb.wire import artifact, predict
+from clipper_nb.wire.protocol import (
+    BATCH,
+    ERROR,
+    HEARTBEAT,
+    HEARTBEAT_S,
+    HELLO,
+    LOAD_ERROR,
+    RESULT,
+    STOP,
+)
 
 
 def _die_with_parent() -> None:
@@ -58,19 +58,15 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(frontend)
     try:
-        with open(os.path.join(artifact_dir, "meta.json")) as f:
-            meta = json.load(f)
-        with open(os.path.join(artifact_dir, "model.pkl"), "rb") as f:
-            payload = f.read()
-        predictor = artifact.load(payload, meta, device, threads)
+        predictor = predict.load_dir(artifact_dir, device, threads)
     except BaseException as e:  # noqa: BLE001 - report any load failure, then exit
         print(f"clipper-nb worker {identity}: cannot load the model", file=sys.stderr)
         traceback.print_exc()
-        _send_json(sock, b"load_error", body={"error": artifact.format_exception(e),
-                                              "traceback": traceback.format_exc(limit=8)})
+        _send_json(sock, LOAD_ERROR, body={"error": artifact.format_exception(e),
+                                           "traceback": traceback.format_exc(limit=8)})
         sock.close()
         return 3
-    _send_json(sock, b"hello", body={"pid": os.getpid(), "device": predictor.device,
+    _send_json(sock, HELLO, body={"pid": os.getpid(), "device": predictor.device,
                                      "versions": artifact.library_versions()})
     last_heard = last_sent = time.monotonic()
     poller = zmq.Poller()
@@ -80,15 +76,15 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
             frames = sock.recv_multipart(copy=False)
             last_heard = time.monotonic()
             kind = frames[0].bytes
-            if kind == b"batch":
+            if kind == BATCH:
                 _run_batch(sock, predictor, frames)
                 last_sent = time.monotonic()
-            elif kind == b"stop":
+            elif kind == STOP:
                 break
         # Every HEARTBEAT_S at least, however often the frontend's own pings arrive
         # (a ping landing just before each poll timeout must not silence us).
         if time.monotonic() - last_sent >= HEARTBEAT_S:
-            sock.send(b"hb")
+            sock.send(HEARTBEAT)
             last_sent = time.monotonic()
         if time.monotonic() - last_heard > frontend_timeout_s:
             print(f"clipper-nb worker {identity}: frontend silent for {frontend_timeout_s:.0f}s, exiting",
@@ -101,27 +97,12 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
 def _run_batch(sock: zmq.Socket, predictor: artifact.Predictor, frames: list) -> None:
     batch_id = frames[1].bytes
     try:
-        batch = codec.decode_batch(frames[2].bytes, frames[3].buffer)
-        n = len(batch)
-        start = time.perf_counter()
-        outputs = predictor.predict(batch)
-        compute_ms = (time.perf_counter() - start) * 1000
-        if isinstance(outputs, (list, tuple)) or hasattr(outputs, "__len__"):
-            got = len(outputs)
-        else:
-            raise TypeError(f"the model returned {type(outputs).__name__}, not a list or array of outputs")
-        if got != n:
-            raise ValueError(f"the model returned {got} outputs for a batch of {n} inputs; "
-                             "it must return exactly one output per input")
-        if not isinstance(outputs, (list, tuple)) and not hasattr(outputs, "dtype"):
-            outputs = list(outputs)
-        out_frames = codec.encode_outputs(outputs)
+        out_frames, meta = predict.run_frames(predictor, frames[2].bytes, frames[3].buffer)
     except Exception as e:  # noqa: BLE001 - a failing model fails its own queries only
-        _send_json(sock, b"error", batch_id, body={"error": artifact.format_exception(e),
-                                                   "traceback": traceback.format_exc(limit=6)})
+        _send_json(sock, ERROR, batch_id, body={"error": artifact.format_exception(e),
+                                                "traceback": traceback.format_exc(limit=6)})
         return
-    header = json.dumps({"n": n, "compute_ms": compute_ms}).encode()
-    sock.send_multipart([b"result", batch_id, header, *out_frames], copy=False)
+    sock.send_multipart([RESULT, batch_id, json.dumps(meta).encode(), *out_frames], copy=False)
 
 
 def main(argv: list[str] | None = None) -> int:

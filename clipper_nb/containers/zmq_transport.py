@@ -1,8 +1,9 @@
 """The frontend's side of the worker protocol: one ROUTER socket, many replicas.
 
 :class:`Router` owns the socket and a receive loop that hands each message to the
-:class:`Replica` it came from. A replica tracks its process, its state and at most
-one batch in flight; the supervisor (``replicas.py``) starts and restarts processes.
+:class:`Replica` it came from. A replica tracks its connection's state and at most
+one batch in flight; :mod:`clipper_nb.containers.process_backend` starts the worker
+processes and the abstraction layer's supervisor restarts them.
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ import itertools
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from clipper_nb.wire import codec
+from clipper_nb.abstraction.backend import ReplicaLost
 from clipper_nb.errors import ModelError
+from clipper_nb.wire import codec, predict
+from clipper_nb.wire.protocol import (
+    BATCH,
+    ERROR,
+    HEARTBEAT,
+    HEARTBEAT_S,
+    HELLO,
+    LOAD_ERROR,
+    RESULT,
+    STOP,
+)
+
+__all__ = ["Replica", "ReplicaLost", "Router"]
 
 log = logging.getLogger("clipper_nb.containers.zmq_transport")
-
-HEARTBEAT_S = 0.5
-
-
-class ReplicaLost(Exception):
-    """The replica died or hung while it held a batch; the batch may be retried elsewhere."""
 
 
 class Router:
@@ -40,7 +49,7 @@ class Router:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
-        self.replicas: dict[bytes, "Replica"] = {}
+        self.replicas: dict[bytes, Replica] = {}
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -59,7 +68,7 @@ class Router:
             if replica is not None:
                 try:
                     replica.on_message(frames[1:])
-                except Exception:  # noqa: BLE001 - one bad message must not stop the loop
+                except Exception:
                     log.exception("bad message from replica %s", replica.name)
 
     async def _heartbeat_loop(self) -> None:
@@ -68,7 +77,7 @@ class Router:
             now = time.monotonic()
             for identity, replica in list(self.replicas.items()):
                 if replica.state in ("idle", "busy"):
-                    self.send(identity, [b"hb"])
+                    self.send(identity, [HEARTBEAT])
                 replica.check_liveness(now)
 
     def send(self, identity: bytes, frames: list) -> None:
@@ -77,10 +86,10 @@ class Router:
         except zmq.ZMQError as e:
             log.debug("send to %r failed: %s", identity, e)
 
-    def register(self, replica: "Replica") -> None:
+    def register(self, replica: Replica) -> None:
         self.replicas[replica.identity] = replica
 
-    def unregister(self, replica: "Replica") -> None:
+    def unregister(self, replica: Replica) -> None:
         # Only this replica: after a rollback a new one may already hold the same name.
         if self.replicas.get(replica.identity) is replica:
             del self.replicas[replica.identity]
@@ -104,11 +113,12 @@ class Replica:
     ``hang_timeout_s``; the batch it held fails with :class:`ReplicaLost`.
     """
 
-    def __init__(self, router: Router, name: str, *, heartbeat_timeout_s: float = 5.0,
-                 hang_timeout_s: float = 60.0, on_dead: Callable[["Replica", str], None] | None = None) -> None:
+    def __init__(self, router: Router, name: str, *, identity: str | None = None, heartbeat_timeout_s: float = 5.0,
+                 hang_timeout_s: float = 60.0, on_dead: Callable[[Replica, str], None] | None = None) -> None:
         self.router = router
+        #: shown in logs and errors; ``identity`` (the socket's, default ``name``) may carry a secret
         self.name = name
-        self.identity = name.encode()
+        self.identity = (identity or name).encode()
         self.state = "starting"
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.hang_timeout_s = hang_timeout_s
@@ -125,16 +135,16 @@ class Replica:
     def on_message(self, frames: list) -> None:
         self.last_seen = time.monotonic()
         kind = frames[0].bytes
-        if kind == b"hb":
+        if kind == HEARTBEAT:
             return
-        if kind == b"result" or kind == b"error":
+        if kind == RESULT or kind == ERROR:
             self._on_reply(kind, frames)
-        elif kind == b"hello":
+        elif kind == HELLO:
             self.info = json.loads(frames[1].bytes)
             self.state = "idle"
             if not self.hello.done():
                 self.hello.set_result(self.info)
-        elif kind == b"load_error":
+        elif kind == LOAD_ERROR:
             body = json.loads(frames[1].bytes)
             if not self.hello.done():
                 self.hello.set_exception(ModelError(body["error"], body.get("traceback")))
@@ -149,10 +159,10 @@ class Replica:
             self.state = "idle"
         if fut.done():
             return
-        if kind == b"result":
+        if kind == RESULT:
             meta = json.loads(frames[2].bytes)
             try:
-                outputs = codec.rows(codec.decode_batch(frames[3].bytes, frames[4].buffer))
+                outputs = predict.decode_outputs(frames[3].bytes, frames[4].buffer)
             except Exception as e:  # noqa: BLE001
                 fut.set_exception(ModelError(f"cannot decode the model's outputs: {e}"))
                 return
@@ -171,7 +181,7 @@ class Replica:
         self._pending = (batch_id, fut)
         self.state = "busy"
         self.batch_started = time.monotonic()
-        self.router.send(self.identity, [b"batch", batch_id, *codec.encode_batch(items)])
+        self.router.send(self.identity, [BATCH, batch_id, *codec.encode_batch(items)])
         return await fut
 
     def check_liveness(self, now: float) -> None:
@@ -199,4 +209,4 @@ class Replica:
 
     def stop(self) -> None:
         if self.state in ("idle", "busy", "starting"):
-            self.router.send(self.identity, [b"stop"])
+            self.router.send(self.identity, [STOP])

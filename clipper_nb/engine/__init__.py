@@ -1,5 +1,10 @@
-"""The engine: the facade over both layers, its registry of apps and models, store and metrics."""
+"""The engine: the facade over both layers, its registry of apps and models, store and metrics.
 
-from clipper_nb.engine.facade import Engine, EngineConfig
+Configured by :class:`clipper_nb.config.ClipperNB`::
 
-__all__ = ["Engine", "EngineConfig"]
+    engine = Engine(ClipperNB(state_dir="/tmp/state"))
+"""
+
+from clipper_nb.engine.facade import Engine
+
+__all__ = ["Engine"]

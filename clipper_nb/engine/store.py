@@ -21,6 +21,8 @@ import sqlite3
 import threading
 from typing import Any
 
+from clipper_nb.errors import BadInput
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
@@ -36,8 +38,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_name(kind: str, name: str) -> str:
     """Names become URL segments and folder names: keep them plain."""
-    from clipper_nb.errors import BadInput
-
     if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
         raise BadInput(f"invalid {kind} name {name!r}",
                        "use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")

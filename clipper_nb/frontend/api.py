@@ -13,16 +13,20 @@ opened to anonymous callers), ``"manage"`` (the management API) or ``"metrics"``
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import math
 import time
 from typing import Any
 
 import orjson
 import tornado.web
 
-from clipper_nb.wire.codec import to_jsonable
+from clipper_nb.charts.series import public_snapshot
 from clipper_nb.errors import BadInput, ClipperError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from clipper_nb.frontend import dashboard
+from clipper_nb.wire.codec import to_jsonable
 
 log = logging.getLogger("clipper_nb.frontend.api")
 
@@ -213,7 +217,7 @@ class SelectionHandler(ApiMixin):
 
 
 DEPLOY_OPTIONS = {"version", "replicas", "device", "batch_size", "max_batch_size", "batch_delay_ms", "app",
-                  "slo_ms", "input_type", "default_output"}
+                  "slo_ms", "input_type", "default_output", "backend"}
 
 
 class ModelsHandler(ApiMixin):
@@ -291,7 +295,55 @@ class MetricsJSONHandler(ApiMixin):
             since_f = float(since) if since is not None else None
         except ValueError:
             raise BadInput(f"'since' must be a Unix time in seconds, got {since!r}") from None
-        self.write_json(self.engine.metrics.snapshot(since_f))
+        # Replicas by their public name: the metrics key them by socket identity, whose
+        # last part is a secret.
+        self.write_json(public_snapshot(self.engine.metrics.snapshot(since_f)))
+
+
+class DashboardPageHandler(ApiMixin):
+    """``GET /dashboard``: the page for every application (HTML, BokehJS inline)."""
+
+    access = "metrics"
+
+    async def get(self) -> None:
+        spec = dashboard.page_spec(self.engine.list_apps(), self.engine.status())
+        page = dashboard.cached_page(spec)
+        if page is None:
+            # Building and serialising the document takes CPU: keep it off the server's loop.
+            page = await asyncio.to_thread(dashboard.render_page, spec)
+            dashboard.remember_page(spec, page)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")  # the layout changes with the apps
+        self.finish(page)
+
+
+class DashboardTicksHandler(ApiMixin):
+    """``GET api/dashboard/ticks?cursor=<json>&tz=<s>``: the page's next points, computed
+    here by the same tick the notebook widgets run (see :func:`dashboard.ticks`).
+
+    ``cursor`` maps app names to the cursors the previous answer gave (``{}`` for an app
+    not streamed yet; absent: every app from scratch); ``tz`` shifts ``x`` by the
+    browser's UTC offset in seconds (Bokeh's datetime axes show UTC)."""
+
+    access = "metrics"
+
+    @_handle_errors
+    async def get(self) -> None:
+        try:
+            cursors = dashboard.cursors_from_json(self.get_query_argument("cursor", None))
+        except ValueError as e:
+            raise BadInput("malformed dashboard cursor", str(e)) from None
+        tz = self.get_query_argument("tz", "0")
+        try:
+            tz_s = float(tz)
+        except ValueError:
+            tz_s = math.nan
+        if not -86_400 <= tz_s <= 86_400:  # also refuses NaN
+            raise BadInput(f"'tz' must be a UTC offset in seconds, got {tz!r}")
+        engine = self.engine
+        snapshot = engine.metrics.snapshot(dashboard.snapshot_since(cursors))
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(dashboard.ticks(snapshot, engine.list_apps(), engine.status(), cursors, tz_s))
 
 
 class PrometheusHandler(ApiMixin):
@@ -330,18 +382,10 @@ def routes() -> list[tuple[str, type]]:
         (rf"api/models/{name}/rollback", RollbackHandler),
         (r"api/status", StatusHandler),
         (r"api/metrics", MetricsJSONHandler),
+        (r"api/dashboard/ticks", DashboardTicksHandler),
         (r"metrics", PrometheusHandler),
-        *_optional_routes(),
+        (r"dashboard", DashboardPageHandler),
     ]
-
-
-def _optional_routes() -> list[tuple[str, type]]:
-    """Routes of modules that may be absent in a minimal install (the dashboard page)."""
-    try:
-        from clipper_nb.frontend.dashboard import routes as dashboard_routes
-    except ImportError:
-        return []
-    return dashboard_routes()
 
 
 # ====================================================================== standalone auth

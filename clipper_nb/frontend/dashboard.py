@@ -1,36 +1,58 @@
 """The standalone dashboard page: ``/dashboard`` (serve) and ``{base_url}clipper/dashboard``.
 
 One page shows every application with the plots of the notebook ``Dashboard``
-(:mod:`clipper_nb.widgets.plots`): latency against the SLO, queries/s, batch size per
+(:mod:`clipper_nb.charts.figures`): latency against the SLO, queries/s, batch size per
 replica (AIMD cap and mean), selection weights, cache hit rate, default-output and
 SLO-miss rates, and a header of current numbers. BokehJS is inlined (no CDN: the page
-works offline). The page's JavaScript polls ``api/metrics?since=T`` (relative to the
-page, so the same page works under any prefix) and streams the new points, a port of
-:func:`clipper_nb.widgets.ticks.tick`.
+works offline).
+
+The page computes no series itself. Its script polls ``api/dashboard/ticks`` (relative
+to the page, so the same page works under any prefix) with the cursors the previous
+answer gave it; the server runs :func:`clipper_nb.charts.series.tick` — the one
+implementation the notebook widgets use too — on ``engine.metrics`` (:func:`ticks`),
+and the script streams each returned series into the Bokeh source of the same name and
+writes each app's header. Batch series are named by the public replica name
+(``model:version:index:serial``, as ``api/status`` shows it), never by the replica's
+socket identity, whose last part is a secret.
 
 Authentication is the composed base class's: open ``/dashboard?token=T`` once and the
 browser is logged in (a cookie, as in Jupyter); the page then removes the token from
 the address bar. The rendered HTML depends only on which apps, linked models and
-replicas exist, so it is cached per such set; the script reloads the page when the
-set changes (a new app, a scaled model).
+replicas exist (:class:`PageSpec`), so it is cached per such set; every tick answer
+names the current set (``layout``) and the script reloads the page when it differs.
+
+This module does no I/O: the handlers (``clipper_nb.frontend.api``) call it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from clipper_nb.frontend.api import ApiMixin
+import orjson
+from bokeh.document import Document
+from bokeh.embed import file_html
+from bokeh.events import DocumentReady
+from bokeh.layouts import column, row
+from bokeh.models import CustomJS, Div
+from bokeh.resources import INLINE
 
-__all__ = ["DashboardPageHandler", "PageSpec", "page_spec", "render_page", "routes"]
+from clipper_nb.charts.figures import PlotSet
+from clipper_nb.charts.series import Cursor, public_replica_name, tick
+
+__all__ = ["PageSpec", "cached_page", "cursors_from_json", "header_html", "page_spec", "remember_page",
+           "render_page", "snapshot_since", "ticks"]
 
 POLL_INTERVAL_MS = 500
 HISTORY_S = 300
+#: Most applications one tick request may ask for.
+MAX_APPS = 256
 _CACHE_SIZE = 16
 _cache: "OrderedDict[str, bytes]" = OrderedDict()
+_UP_STATES = ("idle", "busy")
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,7 @@ class AppSpec:
 
     name: str
     models: tuple[str, ...]
-    replicas: tuple[tuple[str, str], ...]  # (model, replica name)
+    replicas: tuple[tuple[str, str], ...]  # (model, public replica name)
 
 
 @dataclass(frozen=True)
@@ -48,8 +70,8 @@ class PageSpec:
 
     @property
     def key(self) -> str:
-        """Identifies the page's layout; the script computes the same string from
-        ``api/apps`` and ``api/status`` and reloads when it differs."""
+        """Identifies the page's layout; tick answers carry the current one (``layout``)
+        and the page's script reloads when it differs from the one it was rendered for."""
         return "|".join(f"{a.name}:{','.join(a.models)}:{','.join(sorted(r for _, r in a.replicas))}"
                         for a in self.apps)
 
@@ -59,23 +81,102 @@ def page_spec(apps: list[dict], replicas: list[dict]) -> PageSpec:
     specs = []
     for a in sorted(apps, key=lambda a: a["name"]):
         models = tuple(a.get("models") or ())
-        reps = tuple(sorted(((r["model"], r["name"]) for r in replicas if r.get("name") and r["model"] in models),
-                            key=lambda mr: mr[1]))
+        reps = tuple(sorted(((r["model"], public_replica_name(r["name"])) for r in replicas
+                             if r.get("name") and r["model"] in models), key=lambda mr: mr[1]))
         specs.append(AppSpec(a["name"], models, reps))
     return PageSpec(tuple(specs))
 
 
+# ---------------------------------------------------------------------- the tick route
+
+
+def cursors_from_json(text: str | bytes | None) -> dict[str, Cursor] | None:
+    """The ``cursor`` argument of ``api/dashboard/ticks``: a JSON object of app name ->
+    :meth:`Cursor.to_json` (``{}`` for an app not streamed yet). None when absent (every
+    app, from scratch). Raises ``ValueError`` when malformed."""
+    if text is None:
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"'cursor' is not JSON: {e}") from None
+    if not isinstance(obj, dict) or len(obj) > MAX_APPS:
+        raise ValueError(f"'cursor' must be a JSON object of at most {MAX_APPS} apps: app name -> cursor")
+    return {str(app): Cursor.from_json(c) for app, c in obj.items()}
+
+
+def snapshot_since(cursors: Mapping[str, Cursor] | None) -> float | None:
+    """The ``since`` one metrics snapshot needs to serve every cursor."""
+    if not cursors or any(c.since is None for c in cursors.values()):
+        return None
+    return min(c.since for c in cursors.values())  # type: ignore[type-var]
+
+
+def _replicas_up(models: list[str], replicas: list[dict]) -> tuple[int, int]:
+    mine = [r for r in replicas if r.get("model") in models]
+    return sum(1 for r in mine if r.get("state") in _UP_STATES), len(mine)
+
+
+def ticks(snapshot: Mapping[str, Any], apps: list[dict], replicas: list[dict],
+          cursors: Mapping[str, Cursor] | None, tz_offset_s: float = 0.0) -> dict[str, Any]:
+    """The answer of ``api/dashboard/ticks``: for each app of ``cursors`` that exists
+    (every app when None), :func:`~clipper_nb.charts.series.tick`'s streams, numbers,
+    contexts and next cursor (as JSON), and the header's HTML; ``layout`` is the key of
+    the page the current apps and replicas need (:attr:`PageSpec.key`)."""
+    by_name = {a["name"]: a for a in apps}
+    names = list(by_name) if cursors is None else [n for n in cursors if n in by_name]
+    out: dict[str, Any] = {}
+    for name in names:
+        info = by_name[name]
+        models = list(info.get("models") or ())
+        t = tick(snapshot, name, (cursors or {}).get(name, Cursor()), slo_ms=info.get("slo_ms"), models=models,
+                 tz_offset_s=tz_offset_s)
+        up, wanted = _replicas_up(models, replicas)
+        numbers = {**t.numbers, "replicas_up": up, "replicas": wanted, "policy": info.get("policy")}
+        out[name] = {"streams": t.streams, "numbers": numbers, "contexts": t.contexts,
+                     "header": header_html(name, numbers), "cursor": t.cursor.to_json()}
+    return {"now": snapshot.get("now"), "layout": page_spec(apps, replicas).key, "apps": out}
+
+
+def header_html(app: str, numbers: Mapping[str, Any]) -> str:
+    """The header of one app: what :func:`ticks` sends, and the page's first view."""
+
+    def fmt(key: str, spec: str, suffix: str = "", scale: float = 1.0) -> str:
+        v = numbers.get(key)
+        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:{spec}}{suffix}"
+
+    policy = numbers.get("policy")
+    values = {"qps": fmt("qps", ".0f"), "p99": fmt("p99_ms", ".2f", " ms"), "slo": fmt("slo_ms", "g", " ms"),
+              "attained": fmt("slo_attainment", ".1f", " %", 100.0),
+              "replicas": f"{numbers['replicas_up']}/{numbers['replicas']}" if "replicas" in numbers else "–",
+              "policy": "–" if policy is None else html.escape(str(policy))}
+    cells = "".join(f"<span class='cnb-{k}' style='margin-right:18px'><span style='color:#666'>{label}</span> "
+                    f"<b>{values[k]}</b></span>"
+                    for k, label in (("qps", "q/s"), ("p99", "p99"), ("slo", "SLO"), ("attained", "attained"),
+                                     ("replicas", "replicas"), ("policy", "policy")))
+    return (f"<div style='font-family:sans-serif;font-size:14px;margin:10px 0 2px 0' data-app='{html.escape(app)}'>"
+            f"<b style='font-size:16px;margin-right:24px'>{html.escape(app)}</b>{cells}</div>")
+
+
+# ---------------------------------------------------------------------- the page
+
+
+def cached_page(spec: PageSpec) -> bytes | None:
+    """The page rendered for ``spec`` earlier, if still cached."""
+    page = _cache.get(spec.key)
+    if page is not None:
+        _cache.move_to_end(spec.key)
+    return page
+
+
+def remember_page(spec: PageSpec, page: bytes) -> None:
+    _cache[spec.key] = page
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+
+
 def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: int = HISTORY_S) -> bytes:
     """The whole HTML page, BokehJS inline. Pure (no I/O); takes ~0.1-0.5 s of CPU."""
-    from bokeh.document import Document
-    from bokeh.embed import file_html
-    from bokeh.events import DocumentReady
-    from bokeh.layouts import column, row
-    from bokeh.models import CustomJS, Div
-    from bokeh.resources import INLINE
-
-    from clipper_nb.widgets.plots import PlotSet
-
     sources: dict[str, Any] = {}
     headers: dict[str, Any] = {}
     notes: dict[str, Any] = {}
@@ -88,7 +189,7 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
             plots.source_for(f"weights/{model}")
         sources.update({f"{a.name}|{k}": s for k, s in plots.sources.items()})
         notes[a.name] = plots.weights_note
-        headers[a.name] = Div(text=_header_html(a.name), name=f"{a.name}|header")
+        headers[a.name] = Div(text=header_html(a.name, {}), name=f"{a.name}|header")
         f = plots.figures
         sections.append(column(headers[a.name], row(f["latency"], f["throughput"], f["batch"]),
                                row(f["weights"], f["cache"], f["misses"])))
@@ -106,45 +207,9 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
     return file_html(doc, resources=INLINE, title="clipper-nb dashboard").encode()
 
 
-def _header_html(app: str, **numbers: str) -> str:
-    # The script writes the same markup with live numbers (keep the two in step).
-    cells = "".join(f"<span class='cnb-{k}' style='margin-right:18px'><span style='color:#666'>{label}</span> "
-                    f"<b>{numbers.get(k, '–')}</b></span>"
-                    for k, label in (("qps", "q/s"), ("p99", "p99"), ("slo", "SLO"), ("attained", "attained"),
-                                     ("replicas", "replicas"), ("policy", "policy")))
-    return (f"<div style='font-family:sans-serif;font-size:14px;margin:10px 0 2px 0' data-app='{html.escape(app)}'>"
-            f"<b style='font-size:16px;margin-right:24px'>{html.escape(app)}</b>{cells}</div>")
-
-
-class DashboardPageHandler(ApiMixin):
-    """``GET /dashboard``: the page for every application (HTML, BokehJS inline)."""
-
-    access = "metrics"
-
-    async def get(self) -> None:
-        engine = self.engine
-        spec = page_spec(engine.list_apps(), engine.status())
-        page = _cache.get(spec.key)
-        if page is None:
-            # Building and serialising the document takes CPU: keep it off the server's loop.
-            page = await asyncio.to_thread(render_page, spec)
-            _cache[spec.key] = page
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        else:
-            _cache.move_to_end(spec.key)
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")  # the layout changes with the apps
-        self.finish(page)
-
-
-def routes() -> list[tuple[str, type]]:
-    """``(path regex relative to the prefix, handler mixin)`` for the page."""
-    return [(r"dashboard", DashboardPageHandler)]
-
-
-# The script below is a port of clipper_nb.widgets.ticks.tick (keep the two in step).
-# Bokeh calls it once the document is ready, with the CustomJS args as variables.
+# Bokeh calls the script once the document is ready, with the CustomJS args as
+# variables. It computes no series: it sends back the cursors the server gave it,
+# streams what the server computed and writes the headers the server formatted.
 _SCRIPT = r"""
 const base = window.location.pathname.replace(/dashboard\/?$/, "");
 const params = new URLSearchParams(window.location.search);
@@ -155,14 +220,12 @@ if (params.has("token")) {
   const q = params.toString();
   window.history.replaceState(null, "", window.location.pathname + (q ? "?" + q : "") + window.location.hash);
 }
-const WINDOW_S = 10;
-const tz_ms = -new Date().getTimezoneOffset() * 60000;
-const st = {since: null, last: {}, recent: {}, info: {}, up: {}, info_at: 0, delay: interval_ms, ticks: 0};
-window.clipperDashboard = st;  // for tests and the curious: st.ticks counts polls that streamed
+const tz_s = -new Date().getTimezoneOffset() * 60;
+const st = {cursor: Object.fromEntries(apps.map((a) => [a, {}])), delay: interval_ms, ticks: 0};
+window.clipperDashboard = st;  // for the curious: st.ticks counts polls that streamed
 
 const ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"};
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ENTITIES[c]); }
-function num(v) { return v === null || v === undefined ? NaN : Number(v); }
 function show(text, error) {
   const colour = error ? "#b00020" : "#2e7d32";
   status.text = `<span class='cnb-status' style='font-family:sans-serif;font-size:12px;color:${colour}'>` +
@@ -176,125 +239,38 @@ async function get(path) {
   if (!r.ok) { throw new Error(`HTTP ${r.status} from ${path}`); }
   return r.json();
 }
-function newRows(key, ts) {
-  const last = st.last[key];
-  const rows = [];
-  ts.forEach((t, i) => { if (last === undefined || t > last) rows.push(i); });
-  return rows;
-}
-function columns(ts, rows, series) {
-  const out = {x: rows.map((i) => ts[i] * 1000 + tz_ms)};
-  for (const [name, values] of Object.entries(series)) out[name] = rows.map((i) => num(values[i]));
-  return out;
-}
-function put(key, cols) {
-  const src = sources[key];
-  if (src === undefined) return false;
-  src.stream(cols, history_s);
-  return true;
-}
-function tickApp(app, a) {
+function draw(app, streams) {
   let streamed = false;
-  const info = st.info[app] || {};
-  const rows = newRows(app + "|app", a.t);
-  if (rows.length) {
-    const slo = a.t.map(() => (info.slo_ms === undefined ? null : info.slo_ms));
-    const miss = a.slo_attainment.map((s) => (s === null ? null : 1 - s));
-    streamed = put(`${app}|latency`, columns(a.t, rows, {p50: a.p50_ms, p99: a.p99_ms, slo: slo})) || streamed;
-    streamed = put(`${app}|throughput`, columns(a.t, rows, {qps: a.qps, goodput: a.goodput})) || streamed;
-    streamed = put(`${app}|cache`, columns(a.t, rows, {hit_rate: a.cache_hit_rate})) || streamed;
-    streamed = put(`${app}|misses`, columns(a.t, rows, {default_rate: a.default_rate, slo_miss: miss,
-                                                         error_rate: a.error_rate})) || streamed;
-    st.last[app + "|app"] = a.t[rows[rows.length - 1]];
-    const recent = (st.recent[app] || []).concat(rows.map((i) => {
-      const q = a.qps[i] || 0;
-      return [a.t[i], q, q * (a.slo_attainment[i] || 0), num(a.p99_ms[i])];
-    }));
-    const newest = recent[recent.length - 1][0];
-    st.recent[app] = recent.filter((r) => r[0] > newest - WINDOW_S);
-  }
-  const w = (a.weights || {})["default"];
-  if (w) {
-    for (const [model, probs] of Object.entries(w.probabilities)) {
-      const key = `${app}|weights/${model}`;
-      const wr = newRows(key, w.t);
-      if (wr.length) {
-        streamed = put(key, columns(w.t, wr, {p: probs})) || streamed;
-        st.last[key] = w.t[wr[wr.length - 1]];
-        notes[app].visible = false;
-      }
-    }
+  for (const [key, columns] of Object.entries(streams)) {
+    const src = sources[`${app}|${key}`];
+    if (src === undefined || !columns.x.length) continue;
+    const data = {};  // JSON has no NaN: the server's NaN (a gap in a line) arrives as null
+    for (const [name, values] of Object.entries(columns)) data[name] = values.map((v) => (v === null ? NaN : v));
+    src.stream(data, history_s);
+    streamed = true;
+    if (key.startsWith("weights/")) notes[app].visible = false;
   }
   return streamed;
 }
-function tickModels(app, models) {
-  let streamed = false;
-  for (const model of (st.info[app] || {}).models || []) {
-    const m = models[model];
-    if (!m) continue;
-    for (const [rep, r] of Object.entries(m.replicas || {})) {
-      const key = `${app}|batch/${model}/${rep}`;
-      const rows = newRows(key, r.t);
-      if (rows.length) {
-        streamed = put(key, columns(r.t, rows, {cap: r.batch_cap, mean: r.mean_batch_size})) || streamed;
-        st.last[key] = r.t[rows[rows.length - 1]];
-      }
-    }
+function reloadIfChanged(layout) {
+  if (layout === page_key) return;
+  // New apps, links or replicas: the server renders (and caches) a page with their plots.
+  const last = Number(window.sessionStorage.getItem("clipper-nb-reload") || 0);
+  if (Date.now() - last > 10000) {
+    window.sessionStorage.setItem("clipper-nb-reload", String(Date.now()));
+    window.location.reload();
   }
-  return streamed;
-}
-function header(app) {
-  const info = st.info[app] || {};
-  const recent = st.recent[app] || [];
-  const n = recent.reduce((s, r) => s + r[1], 0);
-  const last = recent[recent.length - 1];
-  const p99 = recent.map((r) => r[3]).filter((v) => !Number.isNaN(v)).pop();
-  const up = st.up[app] || [0, 0];
-  const cells = [
-    ["qps", "q/s", last ? last[1].toFixed(0) : "–"],
-    ["p99", "p99", p99 === undefined ? "–" : p99.toFixed(2) + " ms"],
-    ["slo", "SLO", info.slo_ms === undefined ? "–" : info.slo_ms + " ms"],
-    ["attained", "attained", n ? (100 * recent.reduce((s, r) => s + r[2], 0) / n).toFixed(1) + " %" : "–"],
-    ["replicas", "replicas", `${up[0]}/${up[1]}`],
-    ["policy", "policy", info.policy === undefined ? "–" : esc(info.policy)],
-  ].map(([k, label, v]) => `<span class='cnb-${k}' style='margin-right:18px'>` +
-                          `<span style='color:#666'>${label}</span> <b>${v}</b></span>`);
-  headers[app].text = `<div style='font-family:sans-serif;font-size:14px;margin:10px 0 2px 0' data-app='${esc(app)}'>` +
-                      `<b style='font-size:16px;margin-right:24px'>${esc(app)}</b>${cells.join("")}</div>`;
-}
-async function refreshInfo() {
-  const [appsDoc, statusDoc] = await Promise.all([get("api/apps"), get("api/status")]);
-  const rows = statusDoc.replicas || [];
-  const key = appsDoc.apps.slice().sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0)).map((a) => {
-    const reps = rows.filter((r) => r.name && (a.models || []).includes(r.model)).map((r) => r.name).sort();
-    return `${a.name}:${(a.models || []).join(",")}:${reps.join(",")}`;
-  }).join("|");
-  if (key !== page_key) {
-    // New apps, links or replicas: the server renders (and caches) a page with their plots.
-    const last = Number(window.sessionStorage.getItem("clipper-nb-reload") || 0);
-    if (Date.now() - last > 10000) {
-      window.sessionStorage.setItem("clipper-nb-reload", String(Date.now()));
-      window.location.reload();
-    }
-  }
-  for (const a of appsDoc.apps) {
-    st.info[a.name] = a;
-    const mine = rows.filter((r) => (a.models || []).includes(r.model));
-    st.up[a.name] = [mine.filter((r) => r.state === "idle" || r.state === "busy").length, mine.length];
-  }
-  st.info_at = Date.now();
 }
 async function poll() {
-  if (Date.now() - st.info_at > 2000) await refreshInfo();
-  const snap = await get("api/metrics" + (st.since === null ? "" : "?since=" + st.since));
+  const answer = await get(`api/dashboard/ticks?tz=${tz_s}&cursor=${encodeURIComponent(JSON.stringify(st.cursor))}`);
+  reloadIfChanged(answer.layout);
   let streamed = false;
-  for (const app of apps) {
-    const a = snap.apps[app];
-    if (a) streamed = tickApp(app, a) || streamed;
-    streamed = tickModels(app, snap.models || {}) || streamed;
-    header(app);
+  for (const [app, t] of Object.entries(answer.apps)) {
+    if (!(app in st.cursor)) continue;
+    st.cursor[app] = t.cursor;
+    streamed = draw(app, t.streams) || streamed;
+    headers[app].text = t.header;
   }
-  st.since = Math.floor(snap.now) - 1;
   if (streamed) st.ticks += 1;
   show(`live · updated ${new Date().toLocaleTimeString()}`, false);
 }

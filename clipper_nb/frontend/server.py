@@ -1,8 +1,8 @@
-"""``clipper-nb serve``: the Engine behind a standalone Tornado application.
+"""The Engine behind a standalone Tornado application (what ``clipper-nb serve`` runs).
 
-:class:`Server` runs in the foreground (the CLI) or on a background thread
-(``clipper-nb demo``, tests, notebooks without Jupyter) and always stops every
-worker it started.
+:class:`Server` runs in the foreground (:mod:`clipper_nb.frontend.serve`) or on a
+background thread (``clipper-nb demo``, tests, notebooks without Jupyter) and always
+stops every worker it started.
 """
 
 from __future__ import annotations
@@ -10,26 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import socket
 import threading
 from typing import Any
 
 import tornado.httpserver
 import tornado.web
 
+from clipper_nb.config import ClipperNB, check_knobs
+from clipper_nb.engine.facade import Engine
 from clipper_nb.frontend import api
-from clipper_nb.engine.facade import Engine, EngineConfig
+from clipper_nb.wire.ports import free_port
 
 log = logging.getLogger("clipper_nb.frontend.server")
 
 #: Deploy bodies carry whole models; query bodies are checked against a smaller limit.
 MAX_BODY_BYTES = 2 << 30
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def make_app(engine: Engine, token: str | None, public_predict: bool = False, prefix: str = "/",
@@ -49,22 +44,30 @@ def make_app(engine: Engine, token: str | None, public_predict: bool = False, pr
 class Server:
     """An Engine and its HTTP frontend on one event loop.
 
+    ``knobs`` are :class:`~clipper_nb.config.ClipperNB` traits (``cache_mb=0``,
+    ``fork_server=False``, ...); ``port=0`` picks a free port.
+
     >>> with Server(state_dir="/tmp/s", port=0).start_in_thread() as srv:   # doctest: +SKIP
-    ...     client = srv.client()
+    ...     client = clipper_nb.connect(srv.url, token=srv.token)
     """
 
     def __init__(self, state_dir: str, host: str = "127.0.0.1", port: int = 1337, token: str | None = None,
-                 public_predict: bool = False, **engine_options: Any) -> None:
+                 public_predict: bool = False, **knobs: Any) -> None:
+        check_knobs(knobs)
         self.host = host
         self.port = port or free_port(host)
         self.token = token if token is not None else secrets.token_hex(24)  # hex: safe to paste after --token
-        self.public_predict = public_predict
-        self.engine_config = EngineConfig(state_dir=state_dir, **engine_options)
+        self.config = ClipperNB(state_dir=state_dir, public_predict=public_predict, **knobs)
         self.engine: Engine | None = None
         self._http: tornado.httpserver.HTTPServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+
+    @property
+    def public_predict(self) -> bool:
+        """Whether anonymous callers may use the query API (the ``public_predict`` knob)."""
+        return self.config.public_predict
 
     @property
     def url(self) -> str:
@@ -74,7 +77,7 @@ class Server:
     async def start(self, wait_ready: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self.engine = Engine(self.engine_config)
+        self.engine = Engine(self.config)
         await self.engine.start(wait=wait_ready)
         app = make_app(self.engine, self.token, self.public_predict)
         self._http = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY_BYTES, xheaders=False)
@@ -91,10 +94,14 @@ class Server:
         if self._stopped is not None:
             self._stopped.set()
 
+    async def wait_stopped(self) -> None:
+        """Return once :meth:`stop` has run (the server must have started)."""
+        assert self._stopped is not None, "start() first"
+        await self._stopped.wait()
+
     async def serve_forever(self) -> None:
         await self.start(wait_ready=False)
-        assert self._stopped is not None
-        await self._stopped.wait()
+        await self.wait_stopped()
 
     # ------------------------------------------------------------------ background thread
     def start_in_thread(self, timeout: float = 120.0) -> "Server":
@@ -114,8 +121,7 @@ class Server:
                     started.set()
                     return
                 started.set()
-                assert self._stopped is not None
-                await self._stopped.wait()
+                await self.wait_stopped()
 
             loop.run_until_complete(main())
             loop.close()
@@ -134,11 +140,6 @@ class Server:
         fut = asyncio.run_coroutine_threadsafe(self.stop(), self._loop)
         fut.result(timeout)
         self._thread.join(timeout)
-
-    def client(self):
-        from clipper_nb.kernel.client import Client
-
-        return Client(self.url, token=self.token)
 
     def __enter__(self) -> "Server":
         return self

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import requests
 
+from clipper_nb.errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, ModelError, NotFound,
+                               PayloadTooLarge, Unauthorized, Unavailable, UserError)
+from clipper_nb.kernel.discovery import discover
 from clipper_nb.wire import artifact
 from clipper_nb.wire.codec import to_jsonable
-from clipper_nb.errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, ModelError, NotFound,
-                     PayloadTooLarge, Unauthorized, Unavailable, UserError)
 
 _BY_STATUS = {400: BadInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
               500: ModelError, 503: Unavailable}
@@ -73,7 +75,7 @@ class Client:
         return payload
 
     # ------------------------------------------------------------------ applications
-    def register_app(self, name: str, input_type: str = "floats", default_output: Any = None, slo_ms: float = 100,
+    def register_app(self, name: str, input_type: str = "floats", default_output: Any = None, slo_ms: float | None = None,
                      policy: str = "single", **policy_options: Any) -> dict:
         """Create an application. App settings (``cache``, ``confidence_threshold``,
         ``low_confidence``, ``loss``, ``loss_scale``, ``straggler_mitigation``, ``models``)
@@ -196,14 +198,15 @@ class Client:
         return self._request("GET", "api/metrics", params={"since": since} if since is not None else None)
 
     def dashboard(self, app: str, **options: Any):
+        """The live dashboard widget of ``app`` (:class:`clipper_nb.widgets.Dashboard`)."""
+        # The widgets are an optional layer above this client (ipywidgets, bokeh): bound
+        # late, so a plain client never imports them and the client never depends on them.
         from clipper_nb.widgets import Dashboard
 
         return Dashboard(app, client=self, **options)
 
     def wait_ready(self, timeout: float = 120.0) -> dict:
         """Block until the server has restored every model (after a restart)."""
-        import time
-
         end = time.monotonic() + timeout
         while True:
             try:
@@ -229,11 +232,7 @@ def connect(url: str | None = None, token: str | None = None) -> Client:
         if url is not None:  # $CLIPPER_NB_TOKEN goes with $CLIPPER_NB_URL, not with a discovered server
             token = token or os.environ.get("CLIPPER_NB_TOKEN")
     if url is None:
-        try:
-            from clipper_nb.kernel.discovery import discover
-        except ImportError:
-            discover = None
-        found = discover() if discover is not None else None
+        found = discover()
         if found is not None:
             url, token = found["url"], token or found.get("token")
     if url is None:

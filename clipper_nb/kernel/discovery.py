@@ -36,6 +36,12 @@ import tempfile
 import time
 from typing import Any
 
+import requests
+from jupyter_core.paths import jupyter_runtime_dir
+
+from clipper_nb.errors import ClipperError
+from clipper_nb.wire.ports import free_port
+
 log = logging.getLogger("clipper_nb.kernel.discovery")
 
 #: Exported by the Jupyter extension into the server's environment (and so its kernels').
@@ -112,12 +118,7 @@ def _from_runtime_file(path: str) -> dict[str, Any] | None:
 
 
 def _from_ancestors() -> dict[str, Any] | None:
-    try:
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        runtime_dir = jupyter_runtime_dir()
-    except ImportError:
-        return None
+    runtime_dir = jupyter_runtime_dir()
     pid = os.getppid()
     for _ in range(_ANCESTORS):
         if pid <= 1:
@@ -131,8 +132,6 @@ def _from_ancestors() -> dict[str, Any] | None:
 
 def _has_extension(found: dict) -> bool:
     """True when the server answers under ``clipper/`` (anything but a 404)."""
-    import requests
-
     headers = {"Authorization": f"token {found['token']}"} if found.get("token") else {}
     try:
         r = requests.get(f"{found['url']}/api/health", headers=headers, timeout=2)
@@ -218,9 +217,6 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 60.0) -> "EmbeddedServer":
         """Start the server and return once it answers; raise ``ClipperError`` if it fails."""
-        from clipper_nb.errors import ClipperError
-        from clipper_nb.frontend.server import free_port
-
         self.port = self.port or free_port()
         os.makedirs(self.state_dir, exist_ok=True)
         cmd = [self.python, "-c", _BOOTSTRAP, "serve", "--port", str(self.port), "--state-dir", self.state_dir,
@@ -247,8 +243,6 @@ class EmbeddedServer:
         return self
 
     def _answers(self) -> bool:
-        import requests
-
         try:
             return requests.get(f"{self.url}/api/health", headers={"Authorization": f"token {self.token}"},
                                 timeout=1).status_code == 200

@@ -200,10 +200,45 @@ async def run_load(url: str, app: str, inputs: Sequence[Any], *, concurrency: in
     by ``timeout_s``). ``progress`` gets ``{elapsed_s, requests, errors, qps, p99_ms}``
     (the last two over the latest interval) about every 0.5 s.
     """
-    if concurrency is not None and qps is not None:
-        raise ValueError("give either concurrency (closed loop) or qps (open loop), not both")
     if qps is None and concurrency is None:
         concurrency = 8
+    _check_load_args(inputs, concurrency, qps, batch_size, duration_s, timeout_s)
+    run = _LoadRun(f"{url.rstrip('/')}/{app}/predict", _encode_bodies(inputs, batch_size, context),
+                   rows=batch_size or 1, rec=_Recorder(slo_ms), token=token,
+                   stop=stop if stop is not None else asyncio.Event(), duration_s=duration_s,
+                   max_requests=max_requests)
+    reporter = asyncio.create_task(_report(run.rec, run.start, progress)) if progress else None
+    limit = concurrency if concurrency is not None else min(max_outstanding, _OPEN_LOOP_CONNECTIONS)
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
+    try:
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            if concurrency is not None:
+                pending = {asyncio.create_task(run.closed_worker(session, k, concurrency))
+                           for k in range(concurrency)}
+            else:
+                pending = await run.open_generator(session, qps, seed, max_outstanding)  # type: ignore[arg-type]
+            if pending:
+                # every request is bounded by timeout_s; the margin covers scheduling
+                _, late = await asyncio.wait(pending, timeout=timeout_s + 1.0)
+                for task in late:
+                    task.cancel()
+                    run.rec.error(NO_RESPONSE, run.rows, "still in flight after the drain timeout")
+        duration = time.perf_counter() - run.start
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+            try:
+                await reporter  # re-raises a failure of the progress callback
+            except asyncio.CancelledError:
+                pass
+    return run.rec.result(duration)
+
+
+def _check_load_args(inputs: Sequence[Any], concurrency: int | None, qps: float | None,
+                     batch_size: int | None, duration_s: float, timeout_s: float) -> None:
+    if concurrency is not None and qps is not None:
+        raise ValueError("give either concurrency (closed loop) or qps (open loop), not both")
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if qps is not None and not qps > 0:
@@ -215,95 +250,71 @@ async def run_load(url: str, app: str, inputs: Sequence[Any], *, concurrency: in
     if not duration_s > 0 or not timeout_s > 0:
         raise ValueError("duration_s and timeout_s must be > 0")
 
-    bodies = _encode_bodies(inputs, batch_size, context)
-    rows = batch_size or 1
-    target = f"{url.rstrip('/')}/{app}/predict"
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"token {token}"
-    rec = _Recorder(slo_ms)
-    stop = stop if stop is not None else asyncio.Event()
-    limit = concurrency if concurrency is not None else min(max_outstanding, _OPEN_LOOP_CONNECTIONS)
-    start = time.perf_counter()
-    deadline = start + duration_s
-    issued = 0
 
-    def may_issue(now: float | None = None) -> bool:
+class _LoadRun:
+    """One run's request loops: a closed loop of workers, or an open-loop Poisson schedule."""
+
+    def __init__(self, target: str, bodies: list[bytes], *, rows: int, rec: _Recorder, token: str | None,
+                 stop: asyncio.Event, duration_s: float, max_requests: int | None) -> None:
+        self.target, self.bodies, self.rows, self.rec, self.stop = target, bodies, rows, rec, stop
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"token {token}"
+        self.max_requests = max_requests
+        self.start = time.perf_counter()
+        self.deadline = self.start + duration_s
+        self.issued = 0
+
+    def may_issue(self, now: float | None = None) -> bool:
         # The open loop passes the scheduled arrival time: a loop running behind on a
         # busy machine still sends the whole (seeded, reproducible) schedule, late.
-        return (not stop.is_set() and (time.perf_counter() if now is None else now) < deadline
-                and (max_requests is None or issued < max_requests))
+        return (not self.stop.is_set() and (time.perf_counter() if now is None else now) < self.deadline
+                and (self.max_requests is None or self.issued < self.max_requests))
 
-    async def send(session: aiohttp.ClientSession, body: bytes, t0: float) -> None:
+    async def send(self, session: aiohttp.ClientSession, body: bytes, t0: float) -> None:
         try:
-            async with session.post(target, data=body, headers=headers) as resp:
+            async with session.post(self.target, data=body, headers=self.headers) as resp:
                 payload = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            rec.error(NO_RESPONSE, rows, f"{type(exc).__name__}: {exc} ({target})")
+            self.rec.error(NO_RESPONSE, self.rows, f"{type(exc).__name__}: {exc} ({self.target})")
             return
-        rec.answer(status, payload, rows, (time.perf_counter() - t0) * 1e3)
+        self.rec.answer(status, payload, self.rows, (time.perf_counter() - t0) * 1e3)
 
-    async def closed_worker(session: aiohttp.ClientSession, offset: int) -> None:
-        nonlocal issued
+    async def closed_worker(self, session: aiohttp.ClientSession, offset: int, concurrency: int) -> None:
         i = offset
-        while may_issue():
-            issued += 1
-            await send(session, bodies[i % len(bodies)], time.perf_counter())
-            i += concurrency or 1  # workers interleave so all bodies get used
+        while self.may_issue():
+            self.issued += 1
+            await self.send(session, self.bodies[i % len(self.bodies)], time.perf_counter())
+            i += concurrency  # workers interleave so all bodies get used
 
-    async def open_generator(session: aiohttp.ClientSession) -> set[asyncio.Task[None]]:
-        nonlocal issued
+    async def open_generator(self, session: aiohttp.ClientSession, qps: float, seed: int,
+                             max_outstanding: int) -> set[asyncio.Task[None]]:
         rng = np.random.default_rng(seed)
         tasks: set[asyncio.Task[None]] = set()
-        arrival = start
+        arrival = self.start
         burst = 0
         while True:
-            arrival += float(rng.exponential(1.0 / qps))  # type: ignore[operator]
+            arrival += float(rng.exponential(1.0 / qps))
             # sleep in short slices so `stop` is noticed even at a low rate
-            while (delay := arrival - time.perf_counter()) > 0 and not stop.is_set():
+            while (delay := arrival - time.perf_counter()) > 0 and not self.stop.is_set():
                 await asyncio.sleep(min(delay, 0.05))
                 burst = 0
-            if not may_issue(arrival):
+            if not self.may_issue(arrival):
                 return tasks
-            issued += 1
+            self.issued += 1
             if len(tasks) >= max_outstanding:
-                rec.error(NO_RESPONSE, rows, f"over {max_outstanding} requests outstanding")
+                self.rec.error(NO_RESPONSE, self.rows, f"over {max_outstanding} requests outstanding")
             else:
                 # latency from the scheduled arrival, not the send, so a late loop
                 # shows up in the numbers instead of hiding (coordinated omission)
-                task = asyncio.create_task(send(session, bodies[issued % len(bodies)], arrival))
+                task = asyncio.create_task(self.send(session, self.bodies[self.issued % len(self.bodies)], arrival))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             burst += 1
             if burst >= 64:  # behind schedule: yield so responses get read too
                 burst = 0
                 await asyncio.sleep(0)
-
-    reporter = asyncio.create_task(_report(rec, start, progress)) if progress else None
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            if concurrency is not None:
-                pending = {asyncio.create_task(closed_worker(session, k)) for k in range(concurrency)}
-            else:
-                pending = await open_generator(session)
-            if pending:
-                # every request is bounded by timeout_s; the margin covers scheduling
-                _, late = await asyncio.wait(pending, timeout=timeout_s + 1.0)
-                for task in late:
-                    task.cancel()
-                    rec.error(NO_RESPONSE, rows, "still in flight after the drain timeout")
-        duration = time.perf_counter() - start
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-            try:
-                await reporter  # re-raises a failure of the progress callback
-            except asyncio.CancelledError:
-                pass
-    return rec.result(duration)
 
 
 async def _report(rec: _Recorder, start: float, progress: Callable[[dict], None]) -> None:

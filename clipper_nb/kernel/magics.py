@@ -32,7 +32,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from clipper_nb.kernel import discovery
 from clipper_nb.kernel.client import Client, connect
 from clipper_nb.errors import ClipperError, Forbidden, Unauthorized
-from clipper_nb.kernel.loadgen import parse_duration, parse_ms
+from clipper_nb.kernel.loadgen import parse_duration, parse_ms, run_load
 
 #: Bounds of ``%clipper load`` so a typo cannot flood the machine for hours.
 MAX_LOAD_S = 600.0
@@ -67,8 +67,148 @@ def _literal(text: str | None) -> Any:
         return text
 
 
+class _LoadCommands:
+    """``%clipper load`` and ``%clipper dashboard``: watching an application under load."""
+
+    loads: dict[str, "_LoadRun"]
+    _client: Callable[[], Client]
+    _eval: Callable[[str, str], Any]
+
+    # ================================================================== load
+    @magic_arguments(name="%clipper load")
+    @argument("app")
+    @argument("--qps", type=float, help="open loop: Poisson arrivals at this rate")
+    @argument("--concurrency", type=int, help="closed loop: this many queries in flight (default 8)")
+    @argument("--duration", default="30s", help=f"e.g. 30s (at most {MAX_LOAD_S:.0f}s)")
+    @argument("--input", dest="input_expr", help="expression for the inputs to cycle through (a list of rows); "
+              "default: zeros shaped like the app's model input")
+    @argument("--batch-size", type=int, help="rows per request")
+    @argument("--slo", help="count goodput against this latency (default: the app's SLO)")
+    @argument("--wait", action="store_true", help="block until done and return the LoadResult")
+    @argument("--stop", action="store_true", help="stop the running load on APP")
+    def _load(self, args: Any, cell: str | None) -> Any:
+        """Background load on an application, with a progress line; never more than one per app."""
+        running = self.loads.get(args.app)
+        if args.stop:
+            if running is None or not running.thread.is_alive():
+                raise UsageError(f"no load is running on {args.app!r}")
+            running.stop()
+            return None
+        if running is not None and running.thread.is_alive():
+            raise UsageError(f"a load is already running on {args.app!r}: %clipper load {args.app} --stop")
+        duration = parse_duration(args.duration)
+        _check_bounds(args, duration)
+        client = self._client()
+        app = client.app(args.app)
+        inputs = self._load_inputs(client, app, args.input_expr)
+        slo_ms = parse_ms(args.slo) if args.slo else app.get("slo_ms")
+        run = _LoadRun(args.app, duration)
+        self.loads[args.app] = run
+        run.start(lambda progress, stop: run_load(
+            client.url, args.app, inputs, concurrency=args.concurrency, qps=args.qps, duration_s=duration,
+            batch_size=args.batch_size, slo_ms=slo_ms, token=client._token, progress=progress, stop=stop))
+        if not args.wait:
+            return None
+        try:
+            run.thread.join()
+        except KeyboardInterrupt:
+            run.stop()
+            run.thread.join()
+        if run.error is not None:
+            raise UsageError(f"the load on {args.app!r} failed: {_one_line(run.error)}")
+        return run.result
+
+    def _load_inputs(self, client: Client, app: dict, expr: str | None) -> list:
+        import numpy as np
+
+        if expr:
+            value = self._eval(expr, "the load inputs")
+            rows = value.tolist() if isinstance(value, np.ndarray) else list(value)
+            if rows and not isinstance(rows[0], (list, tuple, dict, str)):
+                rows = [rows]  # one flat input, not a list of them
+            return rows
+        for model in app.get("models") or []:
+            shape = client.model(model).get("input_shape")
+            if shape:
+                return [np.zeros(shape).tolist()]
+        raise UsageError(f"cannot tell the input shape of {app['name']!r}: pass --input EXPR (a list of inputs)")
+
+    # ================================================================== widgets
+    @magic_arguments(name="%clipper dashboard")
+    @argument("app")
+    def _dashboard(self, args: Any, cell: str | None) -> Any:
+        """Live dashboard widget of an application (latency, throughput, batch sizes, selection)."""
+        client = self._client()
+        try:
+            return client.dashboard(args.app)
+        except (ImportError, AttributeError) as e:
+            raise UsageError("the dashboard needs clipper_nb.widgets.Dashboard, which this installation lacks "
+                             f"({type(e).__name__}: {e}); use %clipper status and client.metrics()") from None
+
+
+class _ConnectionCommands:
+    """``%clipper connect``, ``start`` and ``stop``: which server the magics talk to."""
+
+    client: Client | None
+    _discovered: bool
+    embedded: discovery.EmbeddedServer | None
+
+    def _client(self) -> Client:
+        if self.client is None:
+            try:
+                self.client = connect()
+            except ClipperError as e:
+                raise UsageError("no clipper-nb server found: run %clipper start, or "
+                                 "%clipper connect URL --token T (inside Jupyter, enable the clipper_nb "
+                                 "server extension)") from e
+            self._discovered = True
+        return self.client
+
+    # ================================================================== connection
+    @magic_arguments(name="%clipper connect")
+    @argument("url", help="e.g. http://127.0.0.1:1337 (serve) or http://host:8888/clipper (Jupyter)")
+    @argument("--token", help="the server's token (default: $CLIPPER_NB_TOKEN)")
+    def _connect(self, args: Any, cell: str | None) -> None:
+        """Use a clipper-nb server that is already running."""
+        token = args.token or os.environ.get("CLIPPER_NB_TOKEN")
+        client = Client(args.url, token=token)
+        health = client.health()
+        self.client, self._discovered = client, False
+        discovery.remember(client.url, token)
+        print(f"connected to {client.url}: {health['apps']} apps, {health['models']} models, "
+              f"{health['replicas_up']} replicas up")
+
+    @magic_arguments(name="%clipper start")
+    @argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    @argument("--state-dir", help="keep apps and models here (default: a temporary folder deleted at exit)")
+    @argument("--public-predict", action="store_true", help="let anonymous callers use the query API")
+    def _start(self, args: Any, cell: str | None) -> None:
+        """Start a clipper-nb server in the background; it stops when this kernel exits."""
+        if self.embedded is not None and self.embedded.running():
+            print(f"already running at {self.embedded.url} (%clipper stop first)")
+            return
+        server = discovery.EmbeddedServer(state_dir=args.state_dir, port=args.port,
+                                          public_predict=args.public_predict).start()
+        self.embedded = server
+        self.client, self._discovered = Client(server.url, token=server.token), False
+        discovery.remember(server.url, server.token)
+        print(f"clipper-nb serving at {server.url} (state in {server.state_dir}); it stops when this kernel exits")
+
+    @magic_arguments(name="%clipper stop")
+    def _stop(self, args: Any, cell: str | None) -> None:
+        """Stop the server %clipper start started (and every worker it runs)."""
+        if self.embedded is None or not self.embedded.running():
+            raise UsageError("no server started by %clipper start is running")
+        url = self.embedded.url
+        self.embedded.stop()
+        self.embedded = None
+        if self.client is not None and self.client.url == url:
+            self.client = None
+        print(f"stopped the clipper-nb server at {url}")
+
+
 @magics_class
-class ClipperMagics(Magics):
+class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
     """The ``%clipper`` magic; one instance per IPython shell."""
 
     def __init__(self, shell: Any) -> None:
@@ -109,17 +249,6 @@ class ClipperMagics(Magics):
             return sub(self, args, cell)
         except requests.RequestException as e:  # a timeout or a dropped connection
             raise ClipperError(f"the request to clipper-nb failed: {type(e).__name__}", str(e)) from None
-
-    def _client(self) -> Client:
-        if self.client is None:
-            try:
-                self.client = connect()
-            except ClipperError as e:
-                raise UsageError("no clipper-nb server found: run %clipper start, or "
-                                 "%clipper connect URL --token T (inside Jupyter, enable the clipper_nb "
-                                 "server extension)") from e
-            self._discovered = True
-        return self.client
 
     def _eval(self, expr: str, what: str) -> Any:
         ns = self.shell.user_ns
@@ -283,122 +412,6 @@ class ClipperMagics(Magics):
         """Stop a model's replicas, unlink it and delete its versions."""
         self._client().undeploy(args.model)
         print(f"{args.model}: undeployed")
-
-    # ================================================================== load
-    @magic_arguments(name="%clipper load")
-    @argument("app")
-    @argument("--qps", type=float, help="open loop: Poisson arrivals at this rate")
-    @argument("--concurrency", type=int, help="closed loop: this many queries in flight (default 8)")
-    @argument("--duration", default="30s", help=f"e.g. 30s (at most {MAX_LOAD_S:.0f}s)")
-    @argument("--input", dest="input_expr", help="expression for the inputs to cycle through (a list of rows); "
-              "default: zeros shaped like the app's model input")
-    @argument("--batch-size", type=int, help="rows per request")
-    @argument("--slo", help="count goodput against this latency (default: the app's SLO)")
-    @argument("--wait", action="store_true", help="block until done and return the LoadResult")
-    @argument("--stop", action="store_true", help="stop the running load on APP")
-    def _load(self, args: Any, cell: str | None) -> Any:
-        """Background load on an application, with a progress line; never more than one per app."""
-        from clipper_nb.kernel.loadgen import run_load
-
-        running = self.loads.get(args.app)
-        if args.stop:
-            if running is None or not running.thread.is_alive():
-                raise UsageError(f"no load is running on {args.app!r}")
-            running.stop()
-            return None
-        if running is not None and running.thread.is_alive():
-            raise UsageError(f"a load is already running on {args.app!r}: %clipper load {args.app} --stop")
-        duration = parse_duration(args.duration)
-        _check_bounds(args, duration)
-        client = self._client()
-        app = client.app(args.app)
-        inputs = self._load_inputs(client, app, args.input_expr)
-        slo_ms = parse_ms(args.slo) if args.slo else app.get("slo_ms")
-        run = _LoadRun(args.app, duration)
-        self.loads[args.app] = run
-        run.start(lambda progress, stop: run_load(
-            client.url, args.app, inputs, concurrency=args.concurrency, qps=args.qps, duration_s=duration,
-            batch_size=args.batch_size, slo_ms=slo_ms, token=client._token, progress=progress, stop=stop))
-        if not args.wait:
-            return None
-        try:
-            run.thread.join()
-        except KeyboardInterrupt:
-            run.stop()
-            run.thread.join()
-        if run.error is not None:
-            raise UsageError(f"the load on {args.app!r} failed: {_one_line(run.error)}")
-        return run.result
-
-    def _load_inputs(self, client: Client, app: dict, expr: str | None) -> list:
-        import numpy as np
-
-        if expr:
-            value = self._eval(expr, "the load inputs")
-            rows = value.tolist() if isinstance(value, np.ndarray) else list(value)
-            if rows and not isinstance(rows[0], (list, tuple, dict, str)):
-                rows = [rows]  # one flat input, not a list of them
-            return rows
-        for model in app.get("models") or []:
-            shape = client.model(model).get("input_shape")
-            if shape:
-                return [np.zeros(shape).tolist()]
-        raise UsageError(f"cannot tell the input shape of {app['name']!r}: pass --input EXPR (a list of inputs)")
-
-    # ================================================================== widgets
-    @magic_arguments(name="%clipper dashboard")
-    @argument("app")
-    def _dashboard(self, args: Any, cell: str | None) -> Any:
-        """Live dashboard widget of an application (latency, throughput, batch sizes, selection)."""
-        client = self._client()
-        try:
-            return client.dashboard(args.app)
-        except (ImportError, AttributeError) as e:
-            raise UsageError("the dashboard needs clipper_nb.widgets.Dashboard, which this installation lacks "
-                             f"({type(e).__name__}: {e}); use %clipper status and client.metrics()") from None
-
-    # ================================================================== connection
-    @magic_arguments(name="%clipper connect")
-    @argument("url", help="e.g. http://127.0.0.1:1337 (serve) or http://host:8888/clipper (Jupyter)")
-    @argument("--token", help="the server's token (default: $CLIPPER_NB_TOKEN)")
-    def _connect(self, args: Any, cell: str | None) -> None:
-        """Use a clipper-nb server that is already running."""
-        token = args.token or os.environ.get("CLIPPER_NB_TOKEN")
-        client = Client(args.url, token=token)
-        health = client.health()
-        self.client, self._discovered = client, False
-        discovery.remember(client.url, token)
-        print(f"connected to {client.url}: {health['apps']} apps, {health['models']} models, "
-              f"{health['replicas_up']} replicas up")
-
-    @magic_arguments(name="%clipper start")
-    @argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
-    @argument("--state-dir", help="keep apps and models here (default: a temporary folder deleted at exit)")
-    @argument("--public-predict", action="store_true", help="let anonymous callers use the query API")
-    def _start(self, args: Any, cell: str | None) -> None:
-        """Start a clipper-nb server in the background; it stops when this kernel exits."""
-        if self.embedded is not None and self.embedded.running():
-            print(f"already running at {self.embedded.url} (%clipper stop first)")
-            return
-        server = discovery.EmbeddedServer(state_dir=args.state_dir, port=args.port,
-                                          public_predict=args.public_predict).start()
-        self.embedded = server
-        self.client, self._discovered = Client(server.url, token=server.token), False
-        discovery.remember(server.url, server.token)
-        print(f"clipper-nb serving at {server.url} (state in {server.state_dir}); it stops when this kernel exits")
-
-    @magic_arguments(name="%clipper stop")
-    def _stop(self, args: Any, cell: str | None) -> None:
-        """Stop the server %clipper start started (and every worker it runs)."""
-        if self.embedded is None or not self.embedded.running():
-            raise UsageError("no server started by %clipper start is running")
-        url = self.embedded.url
-        self.embedded.stop()
-        self.embedded = None
-        if self.client is not None and self.client.url == url:
-            self.client = None
-        print(f"stopped the clipper-nb server at {url}")
-
 
 _COMMANDS: dict[str, Callable] = {
     "deploy": ClipperMagics._deploy, "apps": ClipperMagics._apps, "models": ClipperMagics._models,

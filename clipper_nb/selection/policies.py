@@ -23,8 +23,9 @@ import functools
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -357,7 +358,19 @@ class Policy:
     """
 
     name: ClassVar[str] = ""
+    #: Capabilities the engine reads instead of the policy's name:
+    #: ``queries_all``: every query goes to every linked model (an ensemble).
     queries_all: ClassVar[bool] = False
+    #: ``adaptive``: which models answer depends on the learned state; False: the policy
+    #: selects from a fresh state, so the query path neither reads nor creates one.
+    adaptive: ClassVar[bool] = True
+    #: ``picks_one``: one model per query, learning from that chosen model's loss with
+    #: importance weighting (bandit feedback); the engine remembers which model answered
+    #: each input so that feedback on it can name the chosen model.
+    picks_one: ClassVar[bool] = False
+    #: ``combines``: answers carry the combined output's ``confidence``, ``models_used``
+    #: (and ``models_missing``, ``low_confidence``); False: the one model's output as is.
+    combines: ClassVar[bool] = True
     OPTIONS: ClassVar[tuple[Option, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
@@ -451,6 +464,8 @@ class SinglePolicy(Policy):
     """Always the first linked model; feedback is only recorded."""
 
     name = "single"
+    adaptive = False
+    combines = False
 
     def probabilities(self, state: SelectionState) -> dict[str, float]:
         return {m: 1.0 if i == 0 else 0.0 for i, m in enumerate(state.log_weights)}
@@ -469,6 +484,7 @@ class Exp3Policy(Policy):
     """
 
     name = "exp3"
+    picks_one = True
     OPTIONS = (_ETA, Option("gamma", 0.1, "share of queries spread uniformly to keep "
                             "exploring every model", low=0.0, high=1.0), _FLOOR)
 
@@ -523,6 +539,7 @@ class EpsilonGreedyPolicy(Policy):
     """
 
     name = "epsilon_greedy"
+    picks_one = True
     OPTIONS = (Option("epsilon", 0.1, "share of queries sent to a uniformly random model",
                       low=0.0, high=1.0),)
 
@@ -564,6 +581,7 @@ class ThompsonPolicy(Policy):
     """
 
     name = "thompson"
+    picks_one = True
     OPTIONS = (Option("prior_alpha", 1.0, "prior successes per model", low=0.0, low_open=True),
                Option("prior_beta", 1.0, "prior failures per model", low=0.0, low_open=True),
                Option("discount", 1.0, "evidence kept per feedback round (1: all of it)",
