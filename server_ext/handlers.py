@@ -6,7 +6,8 @@ wrapped in ``@web.authenticated`` and ``@authorized`` (resource ``"clipper"``, a
 ``read`` for GET, ``write`` for POST/PATCH/DELETE), so the Jupyter identity provider
 and authorizer (tokens, passwords, JupyterHub scopes, custom authorizers) decide who
 may query, deploy or read metrics. With ``public_predict`` only the query API
-(``access == "predict"``) is opened, by ``@allow_unauthenticated``.
+(``access == "predict"``) is opened, by ``@allow_unauthenticated``; the V2 health probes
+(``access == "open"``, ``v2/health/live|ready``) are open always and say only live/ready.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _guard(method: Callable, public: bool) -> Callable:
 
 def compose(mixin: type, public_predict: bool) -> type:
     """``mixin`` (from :func:`clipper_nb.frontend.api.routes`) as a Jupyter handler class."""
-    public = public_predict and mixin.access == "predict"
+    public = mixin.access == "open" or (public_predict and mixin.access == "predict")
     attrs: dict[str, Any] = {"access": mixin.access, "public": public, "__module__": __name__,
                              "engine": ClipperJupyterHandler.engine}  # over ApiMixin.engine
     for name in defined_methods(mixin):
