@@ -11,12 +11,17 @@ resolves the dotted names below), so ``clipper-nb load`` never pays for the engi
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
+from traitlets import Unicode
 from traitlets.config import Application
 
-__all__ = ["ClipperNBApp", "LoadApp", "main"]
+from clipper_nb import __version__
+from clipper_nb.errors import ClipperError
+
+__all__ = ["ClipperNBApp", "LoadApp", "StatusApp", "main"]
 
 
 class LoadApp(Application):
@@ -34,10 +39,38 @@ class LoadApp(Application):
         return cli_main(self.load_argv)
 
 
+class StatusApp(Application):
+    """``clipper-nb status``: the replica table ``client.status()`` shows, on a terminal."""
+
+    name = "clipper-nb-status"
+    description = "Print every replica of a running server (model, version, state, pid, device, batch cap, ...)."
+    version = __version__
+    url = Unicode("", help="The server's URL (default: $CLIPPER_NB_URL, else http://127.0.0.1:1337).").tag(
+        config=True)
+    token = Unicode("", help="The server's token (default: $CLIPPER_NB_TOKEN).").tag(config=True)
+    aliases = {"url": "StatusApp.url", "token": "StatusApp.token"}
+
+    def start(self) -> int:
+        from clipper_nb.kernel.client import Client  # requests and pandas: only for this subcommand
+
+        url = self.url or os.environ.get("CLIPPER_NB_URL") or "http://127.0.0.1:1337"
+        client = Client(url, token=self.token or os.environ.get("CLIPPER_NB_TOKEN"))
+        try:
+            apps, replicas = client.apps(), client.status()
+        except ClipperError as e:
+            print(f"clipper-nb status: {e}", file=sys.stderr)
+            return 1
+        print(f"clipper-nb at {client.url}: {len(apps)} application(s), {len(replicas)} replica(s)")
+        if len(replicas):
+            print(replicas.to_string(index=False))
+        return 0
+
+
 class ClipperNBApp(Application):
     """The ``clipper-nb`` command: one subcommand per job."""
 
     name = "clipper-nb"
+    version = __version__
     description = "Clipper prediction serving for notebooks."
     aliases: dict = {}  # every option belongs to a subcommand
     flags: dict = {}
@@ -48,6 +81,8 @@ class ClipperNBApp(Application):
                  "Start a server, deploy a scikit-learn and a torch model, query them."),
         "load": ("clipper_nb.cli.LoadApp",
                  "Load generator: clipper-nb load APP --url URL --qps 500 --duration 30s."),
+        "status": ("clipper_nb.cli.StatusApp",
+                   "Print the replicas of a running server: clipper-nb status --url URL --token T."),
     }
 
     def start(self) -> int:

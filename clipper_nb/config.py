@@ -78,6 +78,16 @@ class ClipperNB(Configurable):
     hang_timeout_s = Float(
         60.0, min=0.0, help="A batch running longer than this marks its worker as hung.",
     ).tag(config=True)
+    hang_factor = Float(
+        10.0, min=0.0,
+        help="A batch running this many times longer than the model's recent batches took (scaled to its "
+             "size; never under 1 s) marks its replica hung: the replica is replaced and its queries are "
+             "retried one by one or answered with the default output. 0: only hang_timeout_s applies.",
+    ).tag(config=True)
+    shutdown_grace_s = Float(
+        10.0, help="On SIGTERM, how long the server keeps answering the requests already in flight (it "
+        "accepts no new connections meanwhile) before it closes them and stops the workers.",
+    ).tag(config=True)
     fork_server = Bool(
         True, help="Start workers by forking a pre-warmed interpreter (Linux): replicas start and restart "
         "in milliseconds instead of re-importing numpy, scikit-learn or torch each time.",
@@ -85,6 +95,44 @@ class ClipperNB(Configurable):
     worker_env = Dict(
         key_trait=Unicode(), value_trait=Unicode(),
         help="Extra environment variables for worker processes (e.g. CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS).",
+    ).tag(config=True)
+    worker_memory_mb = Float(
+        0.0, min=0.0,
+        help="Most memory one worker may map, in MiB (its address-space limit, RLIMIT_AS); a batch that needs "
+             "more is answered with an error and the replica keeps serving. 0: no limit. Leave headroom: "
+             "numpy and torch map more address space than they touch.",
+    ).tag(config=True)
+    worker_message_mb = Float(
+        256.0, min=1.0,
+        help="Largest message the frontend accepts from a worker, in MiB (a batch's outputs); a peer sending "
+             "a bigger one is disconnected.",
+    ).tag(config=True)
+    max_query_mb = Float(
+        8.0, min=0.01,
+        help="Largest query or feedback body, in MiB: refused from its Content-Length before it is read. "
+             "Deploys (after authentication) may be larger.",
+    ).tag(config=True)
+    max_connections = Integer(
+        4096, min=16,
+        help="Most open HTTP connections (also kept below the open-file limit); when full, the connection that "
+             "has waited longest for its request to arrive is closed to admit a new one.",
+    ).tag(config=True)
+    default_backend = Unicode(
+        "process",
+        help="Replica backend of models deployed without backend=...: 'process' (worker processes on this "
+             "machine) or 'ray' (Ray actors on the cluster named by ray_address; needs pip install "
+             "\"clipper-nb[ray]\"). A model deployed with backend=... keeps its own.",
+    ).tag(config=True)
+    ray_address = Unicode(
+        "",
+        help="The Ray cluster of the 'ray' backend: 'auto' (the cluster this machine joined with "
+             "`ray start`), 'ray://host:10001' (Ray Client), or empty: a local Ray started on demand. "
+             "Ray is only contacted when a model first asks for the 'ray' backend.",
+    ).tag(config=True)
+    ray_num_cpus = Float(
+        1.0, min=0.0,
+        help="CPUs each Ray replica asks the cluster for (fractions allowed, e.g. 0.5 on small machines); "
+             "a deploy's resources={'CPU': n} overrides it. device='cuda' also asks for one GPU.",
     ).tag(config=True)
 
     @property

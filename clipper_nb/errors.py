@@ -10,7 +10,8 @@
     │   ├── Forbidden      (403)         wrong credentials, or a route they do not open
     │   ├── NotFound       (404)         unknown application, model or version
     │   ├── Conflict       (409)         the name exists already, the link is missing, ...
-    │   └── PayloadTooLarge (413)        a body over the limit
+    │   ├── PayloadTooLarge (413)        a body over the limit
+    │   └── UnsupportedMediaType (415)   a body of a type the route does not take
     ├── ModelError         (500)         a model failed its own queries (never the server)
     └── Unavailable        (503)         nothing can answer right now; try again later
 
@@ -24,7 +25,8 @@ the two internal signals never leave the engine.
 from __future__ import annotations
 
 __all__ = ["BadInput", "ClipperError", "Conflict", "DeadlineMissed", "DeployError", "Forbidden", "ModelError",
-           "NotFound", "PayloadTooLarge", "ReplicaLost", "Unauthorized", "Unavailable", "UserError"]
+           "NotFound", "PayloadTooLarge", "ReplicaLost", "Unauthorized", "Unavailable", "UnsupportedMediaType",
+           "UserError"]
 
 
 class ClipperError(Exception):
@@ -36,6 +38,15 @@ class ClipperError(Exception):
         super().__init__(message)
         self.message = message
         self.cause = cause
+
+    def __str__(self) -> str:
+        # The cause is what tells the user what to do next ("known applications: ...;
+        # register one with ..."): keep it in the text a traceback shows. A multi-line
+        # cause (a model's traceback) contributes its last line.
+        lines = [ln.strip() for ln in str(self.cause or "").splitlines() if ln.strip()]
+        if not lines or lines[-1] in self.message:
+            return self.message
+        return f"{self.message} ({lines[-1]})"
 
     def to_json(self) -> dict:
         return {"error": self.message, "cause": self.cause or type(self).__name__, "type": type(self).__name__}
@@ -69,6 +80,12 @@ class NotFound(UserError):
     """No application, model or version of that name."""
 
     status = 404
+
+
+class UnsupportedMediaType(UserError):
+    """A body of a type the route does not take (what a browser form or a cross-site page sends)."""
+
+    status = 415
 
 
 class Conflict(UserError):

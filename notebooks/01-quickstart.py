@@ -16,7 +16,7 @@
 # %load_ext clipper_nb
 import clipper_nb
 
-c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
+c = clipper_nb.connect()   # the Jupyter server that started this kernel, else one started here
 c
 
 # %% [markdown]
@@ -39,45 +39,41 @@ print(f"test accuracy in the notebook: {clf.score(X_test, y_test):.3f}")
 # ## Deploy it
 #
 # `%clipper deploy` pickles the live object, starts a worker process that loads it, and
-# links it to the application `digits` (created here with a 100 ms SLO: the paper's
+# links it to the application `quickstart` (created here with a 100 ms SLO: the paper's
 # experiments use 20 ms on a dedicated server; this notebook may share two cores with
 # other work, so we leave headroom). It prints the endpoint and a ready-to-copy `curl`
 # line.
 
 # %%
-# %clipper deploy clf --app digits --slo 100ms
+# %clipper deploy clf --name quickstart-clf --app quickstart --slo 100ms
 
 # %% [markdown]
 # ## Query it over HTTP
 #
 # The query API is Clipper's: `POST <prefix>/<app>/predict` with `{"input": [...]}`. Inside
-# Jupyter it sits behind Jupyter's authentication, so a client sends the server's token.
-# `clipper_nb.kernel.discovery.discover()` finds it for this kernel (we never print it).
+# Jupyter it sits behind Jupyter's authentication; `c.headers` holds what a raw HTTP call
+# must send to pass it (the token, never printed here; or, under a token-less Jupyter,
+# the XSRF cookie and header Jupyter asks of a POST).
 
 # %%
-import os
 import requests
-from clipper_nb.kernel.discovery import discover
 
-TOKEN = discover()["token"]
-answer = requests.post(f"{c.url}/digits/predict", json={"input": X_test[0].tolist()},
-                       headers={"Authorization": f"token {TOKEN}"}, timeout=10).json()
+answer = requests.post(f"{c.url}/quickstart/predict", json={"input": X_test[0].tolist()},
+                       headers=c.headers, timeout=10).json()
 print(answer, "| true label:", y_test[0])
 
 # %% [markdown]
-# The same from a shell, here a `%%bash` cell. The shell reads the token from the
-# kernel's environment, so it never appears in the notebook. A batch of inputs goes
-# in one request as `input_batch`.
+# The same from a shell with `curl`: IPython fills in the `{...}` parts from Python, so
+# the token goes to curl without appearing in the notebook. A batch of inputs goes in
+# one request as `input_batch`.
 
 # %%
 import json
+import shlex
 
-os.environ.update(CLIPPER_NB_TOKEN=TOKEN, DIGITS_URL=f"{c.url}/digits/predict",
-                  QUERY=json.dumps({"input_batch": X_test[:3].round(3).tolist()}))
-
-# %% language="bash"
-# curl -s -X POST "$DIGITS_URL" -H "Authorization: token $CLIPPER_NB_TOKEN" \
-#      -H "Content-Type: application/json" -d "$QUERY"
+query = shlex.quote(json.dumps({"input_batch": X_test[:3].round(3).tolist()}))
+auth = " ".join("-H " + shlex.quote(f"{name}: {value}") for name, value in c.headers.items())
+# !curl -s -X POST {c.url}/quickstart/predict {auth} -H "Content-Type: application/json" -d {query}
 
 # %% [markdown]
 # ## Watch it live
@@ -90,7 +86,7 @@ os.environ.update(CLIPPER_NB_TOKEN=TOKEN, DIGITS_URL=f"{c.url}/digits/predict",
 # %%
 import asyncio
 
-dash = c.dashboard("digits", load_inputs=X_test.round(3).tolist())
+dash = c.dashboard("quickstart", load_inputs=X_test.round(3).tolist())
 dash
 
 # %%
@@ -124,16 +120,16 @@ def served_accuracy():
             break
         for start in range(0, len(todo), 30):
             chunk = todo[start:start + 30]
-            for i, answer in zip(chunk, c.predict_batch("digits", X_test[chunk])):
+            for i, answer in zip(chunk, c.predict_batch("quickstart", X_test[chunk])):
                 if not answer["default"]:
                     outputs[i] = answer["output"]
     return float(np.mean([out == label for out, label in zip(outputs, y_test)]))
 
 acc_v1 = served_accuracy()
 weak = LogisticRegression(max_iter=2000).fit(X_train[:60], y_train[:60])
-# %clipper deploy weak --name clf --app digits
+# %clipper deploy weak --name quickstart-clf --app quickstart
 acc_v2 = served_accuracy()
-# %clipper rollback clf 1
+# %clipper rollback quickstart-clf 1
 acc_rolled_back = served_accuracy()
 print(f"served accuracy: v1 {acc_v1:.3f}, v2 {acc_v2:.3f}, after rollback {acc_rolled_back:.3f}")
 # %clipper models
@@ -168,7 +164,5 @@ summary
 
 # %%
 dash.stop()
-# %clipper undeploy clf
-c.delete_app("digits")
-for variable in ("CLIPPER_NB_TOKEN", "DIGITS_URL", "QUERY"):
-    del os.environ[variable]
+# %clipper undeploy quickstart-clf
+c.delete_app("quickstart")

@@ -26,6 +26,7 @@ from conftest import wait_until
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JUPYTER_TOKEN = "jupyter-test-token-not-secret"
 BASE_URL = "/jp/"
+XSRF = "0123456789abcdef0123456789abcdef"
 # Extensions this test does not need; not loading them saves seconds per start.
 _OFF = ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals", "nbclassic", "notebook")
 
@@ -41,6 +42,8 @@ class JupyterServer:
     env: dict = field(default_factory=dict)
     #: more command-line options (``--ClipperNB.default_slo_ms=37``, ...)
     extra_args: list[str] = field(default_factory=list)
+    #: Jupyter's token; "" runs token-less (``--IdentityProvider.token=``), as in many containers
+    token: str = JUPYTER_TOKEN
 
     @property
     def url(self) -> str:
@@ -52,7 +55,10 @@ class JupyterServer:
 
     @property
     def headers(self) -> dict:
-        return {"Authorization": f"token {JUPYTER_TOKEN}"}
+        if self.token:
+            return {"Authorization": f"token {self.token}"}
+        # Token-less: Jupyter checks XSRF on POSTs; a cookie and a header that match pass it.
+        return {"X-XSRFToken": XSRF, "Cookie": f"_xsrf={XSRF}"}
 
     @property
     def log_path(self) -> str:
@@ -75,7 +81,7 @@ class JupyterServer:
         self.port = free_port()
         cmd = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", "--ServerApp.ip=127.0.0.1",
                f"--port={self.port}", "--ServerApp.port_retries=0", f"--ServerApp.base_url={BASE_URL}",
-               f"--IdentityProvider.token={JUPYTER_TOKEN}", f"--ServerApp.root_dir={self.root}",
+               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
                f"--ClipperNB.state_dir={self.state_dir}", *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root,

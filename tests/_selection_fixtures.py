@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clipper_nb.errors import ModelError
+
 N_CLASSES = 10
 _MASK = (1 << 64) - 1
 
@@ -75,6 +77,23 @@ class SyntheticClassifier:
 
 
 @dataclass
+class CrashingClassifier(SyntheticClassifier):
+    """A :class:`SyntheticClassifier` that fails hard (raises: the query path gets a
+    ``ModelError``) on every batch holding a query whose position in its stream,
+    ``q % period``, lies in ``crash`` (half-open). Each seed of a scenario uses its own
+    stream of queries ``seed * period + i``, so the same deployed model serves every seed.
+    """
+
+    crash: tuple[int, int] = (0, 0)
+    period: int = 20_000
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if any(self.crash[0] <= int(row[0]) % self.period < self.crash[1] for row in batch):
+            raise RuntimeError("the model crashed")
+        return super().__call__(batch)
+
+
+@dataclass
 class ResidueClassifier:
     """Errs exactly on the queries of group ``g`` whose per-group index ``k`` has
     ``k % 10`` in ``wrong[g]`` (with queries alternating between groups 0 and 1,
@@ -124,6 +143,37 @@ class Step:
     models_used: list[str]
     losses: dict[str, float]
     weights: dict[str, float]
+
+
+@dataclass
+class Outcome:
+    """What one query and its feedback produced when a model may fail hard."""
+
+    q: int
+    #: the query got an error or the default output
+    failed: bool
+    #: failed, or answered a wrong class
+    bad: bool
+    #: the watched model's normalised weight and selection probability after the feedback
+    weight: float
+    probability: float
+
+
+async def predict_then_feedback_through_failures(engine: Any, app: str, qs: list[int], watch: str) -> list[Outcome]:
+    """For each query in order: predict (an error counts as a failed query), then send
+    its true label as feedback; record the weight of the model ``watch``."""
+    outcomes = []
+    for q in qs:
+        x, label = query(q), true_label(q)
+        try:
+            answer = await engine.predict(app, x)
+            failed = bool(answer["default"])
+            bad = failed or answer["output"] != label
+        except ModelError:
+            failed = bad = True
+        fb = await engine.feedback(app, x, label)
+        outcomes.append(Outcome(q, failed, bad, fb["weights"][watch], fb["probabilities"][watch]))
+    return outcomes
 
 
 def run_on_server_loop(server: Any, coro: Any, timeout: float = 240.0) -> Any:

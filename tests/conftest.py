@@ -83,8 +83,9 @@ class ServeProcess:
     def client(self) -> Client:
         return Client(self.url, token=TOKEN)
 
-    def start(self) -> "ServeProcess":
-        self.port = free_port()
+    def start(self, port: int | None = None) -> "ServeProcess":
+        """Start on ``port`` (a free one by default) and wait until every model is back."""
+        self.port = port or free_port()
         self.log_path = os.path.join(self.state_dir, f"serve-{self.port}.log")
         cmd = [sys.executable, "-m", "clipper_nb.cli", "serve", "--port", str(self.port), "--state-dir",
                self.state_dir, "--token", TOKEN, *self.extra_args]

@@ -271,9 +271,17 @@ async def test_queries_that_cannot_make_their_deadline_get_the_default_at_dispat
     assert len(answers) >= 50
     assert all(a["default"] and a["output"] == -1.0 for a in answers), [a for a in answers if not a["default"]][:3]
     dropped = [a for a in answers if "deadline" in a["default_explanation"]]
-    assert len(dropped) >= 0.5 * len(answers), {a["default_explanation"] for a in answers}
-    # The doomed queries never reached the model: it ran far fewer batches than queries.
+    # Dropped at dispatch, or (waiting behind a batch of late work) answered at the deadline.
+    assert dropped and {a["default_explanation"] for a in answers} <= {
+        "the query could not meet its deadline when its batch was formed (the system is overloaded)",
+        "no model answered within the SLO of 20 ms"}
+    # The doomed queries never reached the model in time: it ran far fewer batches than queries.
     assert len(batch_rows(log)) <= 0.25 * len(answers), (len(batch_rows(log)), len(answers))
+    # ... but the replica computed them late, oldest first, into the cache: asked again, the
+    # first query of each client is a cache hit, a real answer within 20 ms.
+    again = await fire(url, "slow", [{"input": [1.0, i * 10_000 + 1]} for i in range(16)])
+    hits = [a for i, a in enumerate(again) if not a["default"] and a["output"] == 2.0 + i * 10_000]
+    assert len(hits) >= 12, again
 
     samples = prometheus_samples(url)
     drops = samples.get(("clipper_deadline_drops_total", (("app", "slow"), ("model", "slow"))), 0)

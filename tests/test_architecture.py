@@ -35,7 +35,8 @@ LATE_IMPORTS = {
     ("clipper_nb/kernel/client.py", "clipper_nb.widgets"):
         "Client.dashboard(): the widgets are an optional layer above the client (ipywidgets, bokeh)",
     **{("clipper_nb/cli.py", m): "each subcommand pays only for its own imports (serve: tornado; demo: torch)"
-       for m in ("clipper_nb.frontend.server", "clipper_nb.demo", "clipper_nb.kernel.loadgen")},
+       for m in ("clipper_nb.frontend.server", "clipper_nb.demo", "clipper_nb.kernel.loadgen",
+                 "clipper_nb.kernel.client")},
     ("clipper_nb/containers/forkserver.py", "clipper_nb.containers.worker"):
         "the fork server's child runs the worker: imported once in the parent, then forked",
 }
@@ -135,3 +136,34 @@ def test_errors_form_one_hierarchy():
         assert issubclass(cls, errors.ClipperError)
         assert cls.__doc__, f"{name} has no docstring"
         assert (400 <= cls.status < 500) == issubclass(cls, errors.UserError), name
+
+
+def test_every_package_is_shipped_in_the_wheel():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = set(config["packages"])
+    found = {".".join(("clipper_nb", *p.parent.relative_to(ROOT / "clipper_nb").parts))
+             for p in (ROOT / "clipper_nb").rglob("__init__.py")}
+    found |= {f"clipper_nb.{name}" for name in config["package-dir"] if name != "clipper_nb"
+              for name in [name.split(".", 1)[1]]}
+    assert found == shipped, f"pyproject.toml [tool.setuptools] packages misses {found - shipped}"
+
+
+def test_an_error_shows_its_cause_in_its_text():
+    from clipper_nb.errors import ModelError, NotFound
+
+    e = NotFound("no application named 'digit'", "known applications: digits; register one with POST /api/apps")
+    assert str(e) == "no application named 'digit' (known applications: digits; register one with POST /api/apps)"
+    assert e.message == "no application named 'digit'"  # the JSON body keeps them apart
+    assert str(ModelError("the model failed", "Traceback ...\n  File x\nValueError: bad row")) == \
+        "the model failed (ValueError: bad row)"
+    assert str(NotFound("no model named 'm'")) == "no model named 'm'"
+    assert str(NotFound("gone (why)", "why")) == "gone (why)"
+
+
+def test_code_and_notebook_sources_pass_the_linter():
+    ruff = Path(sys.executable).with_name("ruff")
+    done = subprocess.run([str(ruff), "check", "clipper_nb", "server_ext", "widgets", "tests", "benchmarks",
+                           "notebooks"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from clipper_nb.abstraction.batching import (DEFAULT_BACKOFF, DEFAULT_STEP, DROP_QUANTILE, MIN_OBJECTIVE_S,
+from clipper_nb.abstraction.batching import (DEFAULT_BACKOFF, DEFAULT_STEP, DROP_OUTLIER_FACTOR, DROP_QUANTILE, MIN_OBJECTIVE_S,
                                              PROBE_AFTER_S, PROBE_EVERY, RATE_WINDOW, RECENT_BATCHES,
                                              SINGLE_ROW_HEADROOM, SINGLE_ROW_SAMPLES, SLO_FRACTION, STEP_FRACTION,
                                              AIMDController, BatchQueue, DeadlineMissed, QueuedQuery, arrival_rate,
@@ -242,6 +242,19 @@ def test_expected_latency_is_a_high_quantile_of_recent_batches_and_re_measures_w
     for ms in [10] * 20 + [1] * 20:
         c.observe(64, ms / 1000)
     assert c.expected_latency_s() == pytest.approx(0.010)  # 12 of the last 32 took 10 ms
+
+
+def test_rare_stragglers_do_not_set_the_drop_estimate():
+    """A model that straggles in 1 batch of 16 (150 ms against 2 ms): the p95 alone would
+    be the straggle, and every query with a 20 ms SLO would be dropped at dispatch."""
+    assert DROP_OUTLIER_FACTOR == 2.0
+    c = AIMDController(objective_s=0.010, fixed=8)
+    for i in range(64):
+        c.observe(8, 0.150 if i % 16 == 5 else 0.002)
+    assert c.expected_latency_s() == pytest.approx(0.004)  # 2 x the upper quartile (2 ms), not 150 ms
+    for i in range(32):  # slow in a quarter of the batches and more: then it is the model's latency
+        c.observe(8, 0.030 if i % 3 == 0 else 0.002)
+    assert c.expected_latency_s() == pytest.approx(0.030)
 
 
 @pytest.mark.parametrize("values, q, expected", [
@@ -591,3 +604,129 @@ def test_aimd_steers_on_the_models_compute_time_when_the_worker_reports_it():
     assert c.latency_ewma_s > 0.009  # the round trip still feeds the drop estimate
     c.observe(10, 0.014)  # no compute time reported: the round trip decides
     assert c.cap == pytest.approx(22 * 0.9 * 0.9)
+
+
+# ---- one kind of input per batch, solo queries, late work, hang watch ------------------------
+
+
+def arr(*shape: int, dtype: str = "float64"):
+    import numpy as np
+
+    return np.zeros(shape, dtype=dtype)
+
+
+async def test_a_batch_holds_inputs_of_one_shape_and_dtype_and_the_others_keep_their_place(clock):
+    q = BatchQueue(clock=clock)
+    items = [arr(2), arr(1), arr(2), arr(2, dtype="float32"), arr(1), arr(2), "text"]
+    for i, x in enumerate(items):
+        q.put(QueuedQuery(x, asyncio.get_running_loop().create_future(), clock() + 10, key=i))
+    batches = [[b.key for b in await asyncio.wait_for(q.get_batch(8), 5)] for _ in range(4)]
+    assert batches == [[0, 2, 5], [1, 4], [3], [6]]
+    assert len(q) == 0
+
+
+async def test_a_batch_of_one_kind_stops_at_the_cap(clock):
+    q = BatchQueue(clock=clock)
+    for i in range(5):
+        q.put(QueuedQuery(arr(1) if i % 2 else arr(2), asyncio.get_running_loop().create_future(), clock() + 10, key=i))
+    assert [b.key for b in await asyncio.wait_for(q.get_batch(2), 5)] == [0, 2]
+    assert [b.key for b in await asyncio.wait_for(q.get_batch(2), 5)] == [1, 3]
+    assert [b.key for b in await asyncio.wait_for(q.get_batch(2), 5)] == [4]
+
+
+async def test_a_solo_query_runs_alone_and_is_never_joined(clock):
+    q = BatchQueue(clock=clock)
+    first, solo, last = (query(x, clock() + 10) for x in ("a", "b", "c"))
+    solo.solo = True
+    for item in (first, solo, last):
+        q.put(item)
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["a", "c"]
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["b"]
+    q.put_front([solo])
+    q.put(query("d", clock() + 10))
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["b"]
+
+
+def late_query(x, key) -> QueuedQuery:
+    import math
+
+    return QueuedQuery(x, asyncio.get_running_loop().create_future(), math.inf, key, late=True)
+
+
+async def test_late_work_runs_only_when_the_queue_is_empty_and_one_batch_at_a_time(clock):
+    q = BatchQueue(clock=clock)
+    assert q.put_late(late_query("l1", 1)) and q.put_late(late_query("l2", 2))
+    assert not q.put_late(late_query("again", 1))  # that key waits already
+    q.put(query("on-time", clock() + 10))
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["on-time"]
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["l1", "l2"]
+    assert q.put_late(late_query("l3", 3))
+    second = asyncio.ensure_future(q.get_batch(8))  # another replica: not while a late batch runs
+    await asyncio.sleep(0.02)
+    assert not second.done()
+    q.late_done()
+    assert xs(await asyncio.wait_for(second, 5)) == ["l3"]
+    q.late_done()
+    assert q.late_running == 0 and q.late_waiting == 0
+
+
+async def test_on_time_queries_go_before_late_work_that_waits(clock):
+    q = BatchQueue(clock=clock)
+    q.put_late(late_query("late", 1))
+    q.put(query("a", clock() + 10))
+    q.put(query("b", clock() + 10))
+    assert xs(await asyncio.wait_for(q.get_batch(1), 5)) == ["a"]
+    assert xs(await asyncio.wait_for(q.get_batch(1), 5)) == ["b"]
+    assert xs(await asyncio.wait_for(q.get_batch(1), 5)) == ["late"]
+
+
+async def test_a_late_batch_is_a_quarter_of_the_cap(clock):
+    q = BatchQueue(clock=clock)
+    for i in range(10):
+        q.put_late(late_query(f"l{i}", i))
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["l0", "l1"]
+    q.late_done()
+    assert xs(await asyncio.wait_for(q.get_batch(2), 5)) == ["l2"]
+
+
+async def test_a_waiting_replica_wakes_for_late_work(clock):
+    q = BatchQueue(clock=clock)
+    waiting = asyncio.ensure_future(q.get_batch(4))
+    await asyncio.sleep(0.01)
+    q.put_late(late_query("late", 1))
+    assert xs(await asyncio.wait_for(waiting, 5)) == ["late"]
+
+
+async def test_the_late_queue_is_bounded_and_drops_the_oldest(clock):
+    q = BatchQueue(clock=clock, late_limit=2)
+    items = [late_query(f"l{i}", i) for i in range(3)]
+    for item in items:
+        q.put_late(item)
+    assert q.late_waiting == 2 and q.late_overflow == 1 and items[0].future.cancelled()
+    assert xs(await asyncio.wait_for(q.get_batch(8), 5)) == ["l1", "l2"]
+    assert not BatchQueue(clock=clock, late_limit=0).put_late(late_query("x", 9))
+
+
+async def test_drain_cancels_late_work(clock):
+    q = BatchQueue(clock=clock)
+    late = late_query("late", 1)
+    q.put_late(late)
+    q.put(query("a", clock() + 10))
+    assert xs(q.drain()) == ["a"] and late.future.cancelled() and q.late_waiting == 0
+
+
+def test_hang_watch_needs_a_measurement_then_allows_factor_times_the_longest_recent_batch():
+    from clipper_nb.abstraction.batching import HangWatch
+
+    watch = HangWatch(factor=10, floor_s=1.0)
+    assert watch.limit_s(4) is None and watch.limit_s(4, first=True) is None  # nothing measured yet
+    watch.observe(4, 0.8, first=True)  # a warm-up: judges only other first batches
+    assert watch.limit_s(4) is None and watch.limit_s(4, first=True) == pytest.approx(8.0)
+    watch.observe(4, 0.01)
+    watch.observe(2, 0.02)
+    assert watch.limit_s(4) == 1.0  # 10 x 0.04 is under the floor
+    watch.observe(4, 0.3)
+    assert watch.limit_s(4) == pytest.approx(3.0)
+    assert watch.limit_s(8) == pytest.approx(6.0)  # a larger batch than any seen: scaled by rows
+    assert watch.limit_s(4, first=True) == pytest.approx(8.0)
+    assert HangWatch(factor=0).limit_s(1) is None

@@ -63,6 +63,71 @@ def test_outputs_round_trip_and_split_into_rows():
     assert codec.rows(codec.decode_batch(*codec.encode_outputs(["x", {"k": 1}]))) == ["x", {"k": 1}]
 
 
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque thing"
+
+
+def test_outputs_json_cannot_carry_take_the_one_documented_encoding():
+    nan, inf = float("nan"), float("inf")
+    assert codec.to_jsonable([nan, inf, -inf, np.float32("nan"), np.array([1.0, -inf])]) == \
+        ["NaN", "Infinity", "-Infinity", "NaN", [1.0, "-Infinity"]]
+    assert codec.to_jsonable({1: b"\x00\x01", "s": {3}, "o": Opaque(), "t": (1, np.int64(2))}) == \
+        {"1": "AAE=", "s": [3], "o": "opaque thing", "t": [1, 2]}
+    assert codec.to_jsonable(b"ab", keep_bytes=True) == b"ab"
+    assert codec.to_jsonable(np.bytes_(b"ab")) == "YWI=" and codec.to_jsonable(np.str_("héllo")) == "héllo"
+    # a worker's outputs travel as data (the frontend's unpickler takes no class), in that encoding
+    sent = codec.encode_outputs([Opaque(), nan, b"raw", "héllo", np.array([inf])])
+    assert codec.rows(codec.decode_batch(*sent)) == ["opaque thing", "NaN", b"raw", "héllo", ["Infinity"]]
+    # a numeric array's rows stay numpy unless they hold a non-finite number
+    rows = codec.rows(codec.decode_batch(*codec.encode_outputs(np.array([[1.0, nan], [2.0, 3.0]]))))
+    assert rows[0] == [1.0, "NaN"] and isinstance(rows[1], np.ndarray)
+    empty = codec.decode_batch(*codec.encode_outputs(np.zeros((2, 0))))
+    assert empty.shape == (2, 0)
+
+
+def test_empty_too_deep_and_too_large_inputs_are_refused_at_the_edge():
+    for empty in ([], [[], [], []], [[[]]]):
+        with pytest.raises(BadInput, match="input is empty"):
+            codec.decode_input("floats", empty)
+    deep: object = 1.0
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(BadInput, match="nested 40 deep"):
+        codec.decode_input("floats", deep)
+    assert codec.decode_input("floats", [[[1.0]]]).shape == (1, 1, 1)
+    with pytest.raises(BadInput, match="not a regular array"):
+        codec.decode_input("ints", [2 ** 70])
+    nested: object = 1
+    for _ in range(codec.MAX_JSON_DEPTH + 1):
+        nested = {"a": nested}
+    with pytest.raises(BadInput, match="nested more than"):
+        codec.decode_input("json", [nested])
+    assert codec.decode_input("json", nested["a"]) is nested["a"]
+    assert codec.decode_input("json", []) == [] and codec.decode_input("strings", "") == ""
+
+
+def test_a_model_returning_one_string_for_a_batch_fails_instead_of_answering_with_characters():
+    from clipper_nb.wire import predict
+
+    spam = artifact.Predictor("callable", "cpu", lambda batch: "spam")
+    with pytest.raises(TypeError, match="returned one str for the batch"):
+        predict.run(spam, [1, 2, 3, 4])
+    words = artifact.Predictor("callable", "cpu", lambda batch: ["spam", "", "eggs and ham"][:len(batch)])
+    frames, _ = predict.run_frames(words, *codec.encode_batch(["a", "b", "c"]))
+    assert predict.decode_outputs(*frames) == ["spam", "", "eggs and ham"]
+
+
+def test_a_dataframe_of_outputs_answers_its_rows():
+    import pandas as pd
+
+    from clipper_nb.wire import predict
+
+    frame = artifact.Predictor("callable", "cpu", lambda batch: pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]}))
+    outputs, _ = predict.run(frame, [0, 1])
+    assert [codec.to_jsonable(o) for o in outputs] == [[1.0, 3.0], [2.0, 4.0]]
+
+
 def test_digest_depends_on_bytes_dtype_and_shape():
     a = np.arange(4, dtype=np.float64)
     assert codec.input_digest(a) == codec.input_digest(a.copy())

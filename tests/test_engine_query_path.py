@@ -9,6 +9,8 @@ runs (``backend.batches``), so a test can tell a cache hit from a recomputation.
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,9 @@ import pytest
 from clipper_nb.abstraction.inprocess import InProcessBackend
 from clipper_nb.config import ClipperNB
 from clipper_nb.engine import Engine
-from clipper_nb.errors import ModelError
+from clipper_nb.errors import BadInput, ModelError
+from clipper_nb.selection.policies import SelectionState
+from clipper_nb.selection.state import CHOICE_PREFIX
 from clipper_nb.wire import artifact
 from clipper_nb.wire.codec import decode_input, input_digest
 
@@ -102,7 +106,7 @@ async def test_straggler_answers_at_the_deadline_and_fills_the_cache_later(engin
     assert result["output"] == 1
     assert result["models_used"] == ["fast"]
     assert result["models_missing"] == ["slow"]
-    assert result["confidence"] == 1.0
+    assert result["confidence"] == 0.5  # the missing model counts as disagreeing: 1 of 2 equal weights
     assert not cached(engine, "slow", x)
 
     # The slow model's late result still fills its cache: the same query is then answered
@@ -259,7 +263,7 @@ async def test_feedback_is_joined_through_the_cache(engine, backend) -> None:
     assert engine.selection("ens", "user-1")["updates"] == 1  # app-wide feedback leaves the context
 
 
-async def test_one_model_policies_learn_only_from_the_chosen_model(engine) -> None:
+async def test_one_model_policies_learn_only_from_the_chosen_model(engine, backend) -> None:
     await deploy(engine, answers_one, "a")
     await deploy(engine, answers_two, "b")
     await engine.register_app("bandit", policy="exp3", models=["a", "b"])
@@ -267,6 +271,180 @@ async def test_one_model_policies_learn_only_from_the_chosen_model(engine) -> No
     (chosen,) = (await engine.predict("bandit", x))["models_used"]
     other = ({"a", "b"} - {chosen}).pop()
     report = await engine.feedback("bandit", x, 7)  # both models are wrong
-    assert report["losses"] == {"a": 1.0, "b": 1.0}
-    # Bandit feedback: only the model that answered the query moves (importance weighted).
-    assert report["weights"][chosen] < report["weights"][other]
+    # Bandit feedback evaluates and learns from the model that answered the query only,
+    # importance-weighted with the probability it was drawn with (0.5): log w -= 0.1 / 0.5.
+    assert report["losses"] == {chosen: 1.0}
+    assert batches_of(backend, other) == 0
+    assert math.log(report["weights"][chosen] / report["weights"][other]) == pytest.approx(-0.2)
+
+
+# --- learning from failures (issue 16) ---------------------------------------------------
+
+def raises_on_odd(batch):
+    if any(int(row[0]) % 2 for row in batch):
+        raise ValueError("odd input")
+    return [1 for _ in batch]
+
+
+def log_gap(report: dict, model: str, other: str) -> float:
+    return math.log(report["weights"][model] / report["weights"][other])
+
+
+async def test_exp3_a_chosen_model_that_raises_counts_loss_one_at_feedback(engine, backend) -> None:
+    await deploy(engine, raises, "broken")
+    await deploy(engine, answers_one, "fine")
+    await engine.register_app("bandit", policy="exp3", models=["broken", "fine"],
+                              policy_options={"eta": 0.5})
+    engine.queries._rng = ScriptedRng([0.1])  # draws "broken" (p = 0.5)
+    with pytest.raises(ModelError):
+        await engine.predict("bandit", [1.0])
+    computed = len(backend.batches)
+    report = await engine.feedback("bandit", [1.0], 1)
+    assert len(backend.batches) == computed  # nothing evaluated: the failure is the loss
+    assert report["losses"] == {"broken": 1.0}
+    assert log_gap(report, "broken", "fine") == pytest.approx(-0.5 / 0.5)
+
+
+async def test_a_choice_of_models_unlinked_since_counts_as_unknown(engine) -> None:
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_two, "b")
+    await deploy(engine, answers_three, "c")
+    await engine.register_app("bandit", policy="exp3", models=["a", "b"])
+    engine.queries._rng = ScriptedRng([0.1])  # draws "a"
+    await engine.predict("bandit", [1.0])
+    await engine.unlink("bandit", "a")
+    await engine.link("bandit", "c")
+    report = await engine.feedback("bandit", [1.0], 3)
+    assert report["losses"] == {"b": 1.0, "c": 0.0}  # full information from the linked models
+
+
+async def test_exp3_feedback_uses_the_probability_at_selection(engine) -> None:
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_two, "b")
+    await engine.register_app("bandit", policy="exp3", models=["a", "b"],
+                              policy_options={"eta": 1.0, "gamma": 0.2})
+    engine.queries._rng = ScriptedRng([0.1, 0.1])  # both queries draw "a" with p = 0.5
+    await engine.predict("bandit", [1.0])
+    await engine.predict("bandit", [2.0])
+    first = await engine.feedback("bandit", [1.0], 2)  # a is wrong: log w_a = -1 / 0.5
+    assert log_gap(first, "a", "b") == pytest.approx(-2.0)
+    assert first["probabilities"]["a"] < 0.5
+    # The second query was drawn before that feedback moved the weights: still 1 / 0.5.
+    second = await engine.feedback("bandit", [2.0], 2)
+    assert log_gap(second, "a", "b") == pytest.approx(-4.0)
+
+
+async def test_unknown_choice_is_full_information(engine, backend) -> None:
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_two, "b")
+    await engine.register_app("bandit", policy="exp3", models=["a", "b"])
+    report = await engine.feedback("bandit", [5.0], 2)  # never queried: every model is evaluated
+    assert report["losses"] == {"a": 1.0, "b": 0.0}
+    assert log_gap(report, "a", "b") == pytest.approx(-0.1)  # not importance-weighted
+    await deploy(engine, raises, "c")
+    await engine.link("bandit", "c")
+    report = await engine.feedback("bandit", [6.0], 2)
+    assert report["losses"] == {"a": 1.0, "b": 0.0, "c": 1.0}  # a model that raises: loss 1
+
+
+async def test_exp4_a_model_that_fails_counts_loss_one_and_lowers_confidence(engine, backend) -> None:
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_one, "b")
+    await deploy(engine, raises_on_odd, "flaky")
+    await engine.register_app("ens", policy="exp4", models=["a", "b", "flaky"],
+                              policy_options={"eta": 1.0})
+    result = await engine.predict("ens", [1.0])
+    assert result["output"] == 1 and result["models_missing"] == ["flaky"]
+    assert result["confidence"] == pytest.approx(2 / 3)
+    flaky_batches = batches_of(backend, "flaky")
+    report = await engine.feedback("ens", [1.0], 1)
+    assert report["losses"] == {"a": 0.0, "b": 0.0, "flaky": 1.0}
+    assert batches_of(backend, "flaky") == flaky_batches  # the recorded failure is not re-run
+    assert log_gap(report, "flaky", "a") == pytest.approx(-1.0)
+    # An answer from every model clears the input's failure record.
+    await engine.predict("ens", [2.0])
+    assert engine.states.chosen("ens", input_digest(decode_input("floats", [2.0]))) is None
+
+
+async def test_exp4_a_straggler_counts_loss_one_though_its_late_answer_is_cached(engine) -> None:
+    await deploy(engine, answers_one, "fast")
+    await deploy(engine, answers_one, "slow")
+    await engine.register_app("ens", policy="exp4", models=["fast", "slow"], slo_ms=SLO_MS,
+                              policy_options={"eta": 1.0})
+    x = [1.0]
+    result = await engine.predict("ens", x)
+    assert result["models_missing"] == ["slow"] and result["confidence"] == 0.5
+    await until(lambda: cached(engine, "slow", x))
+    report = await engine.feedback("ens", x, 1)
+    assert report["losses"] == {"fast": 0.0, "slow": 1.0}  # it did not answer in time
+
+
+async def test_a_default_because_nothing_runs_counts_loss_one(engine) -> None:
+    await deploy(engine, answers_one, "idle", replicas=0)
+    await deploy(engine, answers_one, "up")
+    await engine.register_app("bandit", policy="exp3", models=["idle", "up"], default_output=-1)
+    engine.queries._rng = ScriptedRng([0.1])  # draws "idle"
+    result = await engine.predict("bandit", [1.0])
+    assert result["default"] is True
+    report = await engine.feedback("bandit", [1.0], 1)
+    assert report["losses"] == {"idle": 1.0}
+    assert log_gap(report, "idle", "up") == pytest.approx(-0.2)
+
+
+async def test_a_context_draw_updates_both_states_with_its_probability(engine) -> None:
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_two, "b")
+    await engine.register_app("bandit", policy="exp3", models=["a", "b"],
+                              policy_options={"eta": 1.0, "gamma": 0.2, "log_weight_floor": None})
+    engine.states.states[("bandit", "u")] = SelectionState(
+        {"a": 0.0, "b": -50.0}, {"a": 0, "b": 0}, {"a": 0.0, "b": 0.0})
+    engine.queries._rng = ScriptedRng([0.5])  # the context's state draws "a" with p = 0.9
+    await engine.predict("bandit", [1.0], context="u")
+    report = await engine.feedback("bandit", [1.0], 2, context="u")
+    app_wide = engine.selection("bandit")
+    assert app_wide["weights"]["a"] < 0.5
+    assert math.log(app_wide["weights"]["a"] / app_wide["weights"]["b"]) == pytest.approx(-1 / 0.9)
+    assert report["updates"] == 1
+
+
+async def test_choices_survive_a_restart(tmp_path) -> None:
+    engine = Engine(ClipperNB(state_dir=str(tmp_path)), backends={"process": InProcessBackend()})
+    await engine.start()
+    await deploy(engine, answers_one, "a")
+    await deploy(engine, answers_two, "b")
+    await engine.register_app("bandit", policy="exp3", models=["a", "b"], policy_options={"eta": 1.0})
+    engine.queries._rng = ScriptedRng([0.9, 0.9])  # draws "b" with p = 0.5
+    await engine.predict("bandit", [1.0])
+    await engine.predict("bandit", [2.0])
+    await engine.feedback("bandit", [2.0], 1)  # moves the weights: p_b is no longer 0.5
+    await engine.stop()  # flushes states and choices
+
+    engine = Engine(ClipperNB(state_dir=str(tmp_path)), backends={"process": InProcessBackend()})
+    await engine.start()
+    try:
+        before = engine.selection("bandit")
+        report = await engine.feedback("bandit", [1.0], 1)
+        assert report["losses"] == {"b": 1.0}  # the restored record names the chosen model
+        gap_before = math.log(before["weights"]["b"] / before["weights"]["a"])
+        assert log_gap(report, "b", "a") - gap_before == pytest.approx(-1 / 0.5)
+    finally:
+        await engine.stop()
+
+
+async def test_a_context_may_not_use_the_prefix_of_saved_choices(engine) -> None:
+    await deploy(engine, answers_one, "a", app="app")
+    with pytest.raises(BadInput, match="must not start with"):
+        await engine.predict("app", [1.0], context=CHOICE_PREFIX + "x")
+    with pytest.raises(BadInput, match="must not start with"):
+        await engine.feedback("app", [1.0], 1, context=CHOICE_PREFIX + "x")
+
+
+class ScriptedRng(random.Random):
+    """``random()`` returns the scripted numbers in order, so a test picks the draw."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__(0)
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)

@@ -125,15 +125,13 @@ def test_kernel_of_a_jupyter_server_deploys_and_the_apps_survive_a_restart(tmp_p
 
 NO_SERVER_CELLS = [
     "%load_ext clipper_nb",
+    # No server anywhere: the first magic starts one for this kernel and says so in one line.
+    "%clipper apps",
     """\
-    from IPython.core.error import UsageError
-    try:
-        get_ipython().run_line_magic("clipper", "apps")
-    except UsageError as e:
-        assert "no clipper-nb server found" in str(e), e
-    else:
-        raise AssertionError("found a clipper-nb server where there is none")
+    first = get_ipython().magics_manager.registry["ClipperMagics"].embedded
+    print("first serve pid", first.proc.pid)
     """,
+    "%clipper stop",
     "%clipper start --state-dir {state}",
     """\
     %%clipper deploy --app totals --slo 2s
@@ -165,6 +163,10 @@ def test_clipper_start_in_a_kernel_without_jupyter(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 
     text = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+    started = [ln for c in nb.cells[1:2] for o in c.outputs for ln in o.get("text", "").splitlines()]
+    assert started and re.fullmatch(r"clipper-nb: no server found; started one at http://127\.0\.0\.1:\d+ "
+                                    r"\(stops with this kernel\)", started[0]), started
+    wait_gone([int(re.search(r"first serve pid (\d+)", text).group(1))], timeout=30)  # %clipper stop
     assert "clipper-nb serving at http://127.0.0.1:" in text
     serve_pid = int(re.search(r"serve pid (\d+)", text).group(1))
     (progress,) = [o for o in nb.cells[-2].outputs if o.get("output_type") == "display_data"]
@@ -174,3 +176,26 @@ def test_clipper_start_in_a_kernel_without_jupyter(tmp_path, monkeypatch):
     wait_gone([serve_pid], timeout=30)
     wait_until(lambda: not worker_pids(state) and not pids_with(state, "clipper_nb"), timeout=30,
                message="the embedded server's workers to exit")
+
+
+def test_a_kernel_of_a_token_less_jupyter_deploys_and_queries(tmp_path):
+    """``--IdentityProvider.token=`` (common in containers): Jupyter still checks XSRF on
+    POSTs without an Authorization header; the kernel's requests must pass it untouched."""
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    state = str(tmp_path / "state")
+    jp = JupyterServer(str(root), state, token="").start()
+    try:
+        kernel = jp.new_kernel()
+        kernel.run("%load_ext clipper_nb")
+        kernel.run("%%clipper deploy --app open --slo 2s\ndef double(batch):\n    return [2.0 * row[0] for row in batch]")
+        kernel.run("r = %clipper query open [2.5]\nassert r['output'] == 5.0, r")
+        kernel.run("%clipper slo open 3s")
+        kernel.run("r = %clipper load open --concurrency 2 --duration 1s --input [[1.0]] --wait\n"
+                   "assert r.requests > 0 and r.errors == 0, r")
+        kernel.run("import clipper_nb\nc = clipper_nb.connect()\nassert c.app('open')['slo_ms'] == 3000\n"
+                   "assert c.feedback('open', [1.0], 2.0, context='u1')['updates'] == 1")
+        kernel.close()
+    finally:
+        jp.stop()
+        wait_until(lambda: not worker_pids(state, include_fork_server=True), timeout=30, message="workers to exit")

@@ -272,3 +272,28 @@ def test_prometheus_slo_gauge_is_absent_without_recent_queries():
     record(m, [0.001], now=T0)
     assert math.isclose(m.slo_attainment("a", now=T0 + 1), 1.0)
     assert ("clipper_slo_attainment", (("app", "a"),)) not in samples(m.prometheus_text(now=T0 + 120))
+
+
+def test_replica_series_of_a_crash_looping_model_stay_bounded():
+    from clipper_nb.engine.metrics import MAX_REPLICA_SERIES
+
+    m = Metrics(window_s=60)
+    t = 1_000_000.0
+    for restart in range(3 * MAX_REPLICA_SERIES):  # each restart is a new replica name
+        m.record_batch("loop", f"loop:1:0:{restart}", 1, 0.001, now=t + restart)
+    replicas = m.snapshot(now=t + 3 * MAX_REPLICA_SERIES)["models"]["loop"]["replicas"]
+    assert len(replicas) == MAX_REPLICA_SERIES
+    assert f"loop:1:0:{3 * MAX_REPLICA_SERIES - 1}" in replicas and "loop:1:0:0" not in replicas  # stalest gone
+    # a replica silent for a whole window is dropped when a new one appears
+    m.record_batch("loop", "loop:2:0:999", 1, 0.001, now=t + 3 * MAX_REPLICA_SERIES + 61)
+    assert list(m.snapshot(now=t + 3 * MAX_REPLICA_SERIES + 62)["models"]["loop"]["replicas"]) == ["loop:2:0:999"]
+
+
+def test_model_events_are_counted_and_exported():
+    m = Metrics()
+    m.record_model_event("m", "splits")
+    m.record_model_event("m", "splits", 2)
+    m.record_model_event("m", "hung")
+    text = m.prometheus_text().decode()
+    assert 'clipper_model_events_total{event="splits",model="m"} 3.0' in text
+    assert 'clipper_model_events_total{event="hung",model="m"} 1.0' in text

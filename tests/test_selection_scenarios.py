@@ -18,6 +18,7 @@ persistence scenarios send every query and feedback over HTTP.
 
 from __future__ import annotations
 
+import random
 import signal
 import statistics
 import time
@@ -27,7 +28,8 @@ import pytest
 import requests
 
 from _selection_fixtures import (
-    ResidueClassifier, SyntheticClassifier, predict_then_feedback, query, run_on_server_loop, true_label, warm,
+    CrashingClassifier, ResidueClassifier, SyntheticClassifier, predict_then_feedback,
+    predict_then_feedback_through_failures, query, run_on_server_loop, true_label, warm,
 )
 from clipper_nb.kernel.client import Client
 from clipper_nb.errors import BadInput, NotFound, Unavailable
@@ -99,6 +101,56 @@ def test_degradation_bandits_beat_the_best_static_model(server: Server, client: 
     weights = client.metrics()["apps"]["deg4"]["weights"]
     assert set(weights["default"]["weights"]) == set(names)
     assert client.selection("deg4")["updates"] == STEPS
+
+
+# ----------------------------------------------------------------------------- hard failure
+
+CRASH_SEEDS = (1, 2)
+
+
+def test_hard_failure_bandits_move_weight_away_and_back(server: Server, client: Client) -> None:
+    """Paper Fig. 8 with a hard failure (issue 16): the best of 5 models raises on every
+    query from 5,000 to 10,000. A failed query counts as loss 1 for the chosen model at
+    its feedback, so Exp3 and Exp4 move weight off it within a few hundred queries,
+    back after it heals, and beat the best static model over the stream; before issue
+    16 the crashing model gained weight and Exp3 failed 93% of the queries meanwhile.
+
+    Each seed is its own stream of queries (the models' errors and the labels) and its
+    own seed of the engine's draws, on the same deployed workers.
+    """
+    models = {"m0": CrashingClassifier(0, RATES[0], crash=NOISE, period=STEPS),
+              **{f"m{i}": SyntheticClassifier(i, r) for i, r in enumerate(RATES) if i}}
+    names = _deploy(client, models)
+    for seed in CRASH_SEEDS:
+        qs = list(range(seed * STEPS, (seed + 1) * STEPS))
+        client.register_app(f"crash4-{seed}", slo_ms=10_000, policy="exp4", models=names)
+        client.register_app(f"crash3-{seed}", slo_ms=10_000, policy="exp3", models=names)
+        warm(client, f"crash4-{seed}", qs)
+        static = {m: sum(obj.predict_one(q) != true_label(q) or (m == "m0" and NOISE[0] <= q % STEPS < NOISE[1])
+                         for q in qs) for m, obj in models.items()}
+        for policy in ("exp4", "exp3"):
+            server.engine.queries._rng = random.Random(seed)
+            runs = run_on_server_loop(server, predict_then_feedback_through_failures(
+                server.engine, f"crash{policy[-1]}-{seed}", qs, "m0"), timeout=600)
+            weight = [o.weight for o in runs]
+            during = runs[NOISE[0]:NOISE[1]]
+            failed = sum(o.failed for o in during) / len(during)
+            bad = sum(o.bad for o in runs)
+            dropped = next((i - NOISE[0] + 1 for i in range(*NOISE) if weight[i] < 0.1), None)
+            back = next((i - NOISE[1] + 1 for i in range(NOISE[1], STEPS) if weight[i] > 0.5), None)
+            print(f"\n[hard failure {policy} seed {seed}] failed queries while m0 crashes {failed:.3f}; "
+                  f"m0 weight {weight[NOISE[0] - 1]:.3f} before, {weight[NOISE[0] + 499]:.2e} 500 queries in, "
+                  f"< 0.1 after {dropped}, > 0.5 again {back} queries after it heals; errors or failures over "
+                  f"the stream {bad / STEPS:.4f}, best static model {min(static.values()) / STEPS:.4f}")
+            assert weight[NOISE[0] - 1] > 0.5, "m0 was the best model before it crashed"
+            assert dropped is not None and dropped < 500
+            assert weight[NOISE[1] - 1] < 0.01
+            assert back is not None and back < 5_000
+            assert bad < min(static.values())
+            if policy == "exp3":
+                assert failed < 0.15  # 0.93 before issue 16
+            else:
+                assert failed == 0  # the other four models answer
 
 
 # ----------------------------------------------------------------------------- ensemble

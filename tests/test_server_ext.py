@@ -14,6 +14,7 @@ import os
 import re
 
 import pytest
+import requests
 from jupyter_server.auth import Authorizer
 from pytest_jupyter.jupyter_server import *  # noqa: F403 - the jp_* fixtures
 from tornado.httpclient import HTTPClientError
@@ -153,7 +154,7 @@ def test_route_walk_refuses_requests_without_credentials(clipper_options, jp_ser
 
     async def walk() -> None:
         for path, method, access in walked:
-            opened = public and access == "predict"
+            opened = access == "open" or (public and access == "predict")
             anon = await _request(http_server_client, jp_base_url, path, method, {})
             wrong = await _request(http_server_client, jp_base_url, path, method,
                                    {"Authorization": "token not-the-token"})
@@ -169,6 +170,39 @@ def test_route_walk_refuses_requests_without_credentials(clipper_options, jp_ser
                     assert "error" in json.loads(r.body), where
 
     jp_asyncio_loop.run_until_complete(walk())
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["private", "public_predict"])
+def test_standalone_route_walk_refuses_requests_without_credentials(tmp_path, public):
+    """The same walk against ``clipper-nb serve``'s handlers (TokenAuthHandler), with a
+    fourth credential: the right token in the URL, which opens nothing (only the
+    dashboard's GET takes it, to log a browser in)."""
+    from clipper_nb.frontend.server import Server
+
+    token = "walk-token"
+    with Server(state_dir=str(tmp_path / "state"), port=0, token=token, public_predict=public) as srv:
+        srv.start_in_thread()
+        for path, method, access in _walk():
+            access = "predict" if access == "catch-all" else access
+            opened = access == "open" or (public and access == "predict")
+            body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+            headers = {"Content-Type": "application/json"} if body else {}
+
+            def call(extra: dict, query: str = "", path=path, method=method, body=body, headers=headers):
+                return requests.request(method, f"{srv.url}/{path}{query}", data=body, headers={**headers, **extra},
+                                        timeout=20, allow_redirects=False)
+
+            where = f"{method} {path} (access={access}, public_predict={public})"
+            good = call({"Authorization": f"token {token}"})
+            assert good.status_code not in (401, 403), where
+            for r in (call({}), call({"Authorization": "token not-the-token"}), call({}, f"?token={token}")):
+                if opened:
+                    assert r.status_code not in (401, 403), where
+                elif (path, method) == ("dashboard", "GET") and "token=" in r.url:
+                    assert r.status_code == 200, where  # the one URL that takes a token
+                else:
+                    assert r.status_code in (401, 403), where
+                    assert "error" in r.json(), where
 
 
 @pytest.mark.parametrize("server_options", [{"authorizer_class": DenyClipper}])

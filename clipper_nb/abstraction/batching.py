@@ -24,6 +24,14 @@ is short, waits a little (delayed batching) for the batch to fill. Rules here:
 * **Delay** (``dispatch_time``): measured from the batch's *oldest arrival*, cut short by
   the earliest deadline less the expected latency, and skipped once fewer than one more
   arrival is expected within it (the arrival rate is estimated from recent arrivals).
+* **One kind per batch** (``batch_group``): a batch holds inputs of one shape and dtype
+  (or one Python type), so that one odd input cannot make a model fail its neighbours'
+  queries; a query marked ``solo`` (it was on a replica that died) runs alone.
+* **Late work** (``BatchQueue.put_late``): queries dropped at dispatch are still computed
+  to fill the cache (the paper's "late results still fill the cache"), from a bounded
+  side queue served only when the main queue is empty, one short batch at a time.
+* **Hangs** (``HangWatch``): a batch running ``factor`` x longer than this model's
+  recent batches (at least ``floor_s``) marks its replica hung.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from clipper_nb.errors import DeadlineMissed  # re-exported: the queue raises it
 
@@ -64,6 +74,10 @@ SINGLE_ROW_SAMPLES = 16
 RECENT_BATCHES = 32
 #: The drop estimate's quantile of those batches' latencies.
 DROP_QUANTILE = 0.95
+#: ... but at most this many times the upper quartile: a model that straggles now and then
+#: (a GC pause, a 150 ms outlier in 20 calls) must not have every query dropped for its
+#: outliers, while a model slow in a quarter of its batches or more is judged by those.
+DROP_OUTLIER_FACTOR = 2.0
 #: Batches of a fresh replica left out of the drop estimate (warm-up).
 WARMUP_BATCHES = 1
 #: A replica that has run no batch for this long re-measures instead of dropping.
@@ -72,6 +86,20 @@ PROBE_AFTER_S = 1.0
 RATE_WINDOW = 32
 #: Delayed batching ends this much early: timers do not fire to the microsecond.
 _TIMER_SLACK_S = 0.0002
+#: Queries a cut looks past for inputs of the batch's kind: this many per row of the cap,
+#: plus ``SCAN_EXTRA`` (a queue of mixed kinds must not be scanned whole for each batch).
+SCAN_PER_ROW = 4
+SCAN_EXTRA = 64
+#: Dropped queries kept for late computation, per model version (the oldest go first).
+LATE_LIMIT = 1024
+#: A batch of late work holds at most this share of the cap (at least one row): an
+#: on-time query arriving while it runs waits for a short batch, not a full one.
+LATE_BATCH_SHARE = 0.25
+#: Hang detection: a batch running this many times longer than batches of its size took
+#: marks its replica hung (``HangWatch``) ...
+HANG_FACTOR = 10.0
+#: ... but never sooner than this: a GC pause or a busy machine is not a hang.
+HANG_FLOOR_S = 1.0
 
 
 def objective_for_slo(slo_s: float, delay_s: float = 0.0, fraction: float = SLO_FRACTION) -> float:
@@ -248,7 +276,8 @@ class AIMDController:
         if idle_s > PROBE_AFTER_S or not self.history:
             return 0.0
         latencies = [lat for _, lat in itertools.islice(reversed(self.history), RECENT_BATCHES)]
-        recent = robust_quantile(latencies, DROP_QUANTILE)
+        recent = min(robust_quantile(latencies, DROP_QUANTILE),
+                     DROP_OUTLIER_FACTOR * robust_quantile(latencies, 0.75))
         if self.last_full and self.limit() > self.last_full:
             # Saturated and the cap just grew: the next batch is full at the new cap and
             # longer than any recent one; at overload every query in it sits at the
@@ -273,23 +302,72 @@ def _release(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def batch_group(x: Any) -> Any:
+    """Which inputs may share a batch: numpy arrays of one shape and dtype (they stack
+    into one buffer), other values of one Python type. Inputs of different shapes in one
+    batch reach the model as a ragged list, and it fails all of them."""
+    if isinstance(x, np.ndarray):
+        return (x.shape, x.dtype.str)
+    return type(x)
+
+
 class QueuedQuery:
     """One input waiting for a model: its future, deadline, arrival and retry count.
 
     ``arrival`` (on the queue's clock) is stamped by ``BatchQueue.put`` when not given:
     delayed batching runs from the oldest arrival, and a retried query keeps its own.
+    ``solo``: run it in a batch of its own (it was on a replica that died). ``late``: a
+    query already answered with the default output, computed only to fill the cache.
     """
 
-    __slots__ = ("arrival", "attempts", "deadline", "future", "key", "x")
+    __slots__ = ("arrival", "attempts", "deadline", "future", "group", "key", "late", "solo", "x")
 
     def __init__(self, x: Any, future: asyncio.Future, deadline: float, key: Any = None,
-                 arrival: float | None = None) -> None:
+                 arrival: float | None = None, *, late: bool = False) -> None:
         self.x = x
         self.future = future
         self.deadline = deadline
         self.key = key
         self.attempts = 0
         self.arrival = arrival
+        self.group = batch_group(x)
+        self.late = late
+        self.solo = False
+
+
+class HangWatch:
+    """When a batch has run so long that its replica must be hung. Pure: feed it batches.
+
+    The limit is ``factor`` x the longest of this version's recent batches (across its
+    replicas, scaled up by rows for a larger batch), at least ``floor_s``. A replica's
+    first batch (imports, allocations: it can take far longer) is judged by the longest
+    first batch seen. Before any batch was measured there is no limit (None): the
+    backend's own ``hang_timeout_s`` still applies. ``factor <= 0`` turns it off.
+    """
+
+    def __init__(self, factor: float = HANG_FACTOR, floor_s: float = HANG_FLOOR_S) -> None:
+        self.factor = factor
+        self.floor_s = floor_s
+        self.recent: collections.deque[tuple[int, float]] = collections.deque(maxlen=RECENT_BATCHES)
+        self.first_s: float | None = None
+
+    def observe(self, size: int, latency_s: float, first: bool = False) -> None:
+        """A batch of ``size`` rows finished in ``latency_s`` (``first``: its replica's first)."""
+        if first:
+            self.first_s = max(latency_s, self.first_s or 0.0)
+        else:
+            self.recent.append((size, latency_s))
+
+    def limit_s(self, size: int, first: bool = False) -> float | None:
+        """How long a batch of ``size`` rows may run before its replica counts as hung."""
+        if self.factor <= 0:
+            return None
+        known = [lat * max(1.0, size / n) for n, lat in self.recent]
+        if first and self.first_s is not None:
+            known.append(self.first_s)
+        if not known:
+            return None
+        return max(self.floor_s, self.factor * max(known))
 
 
 class BatchQueue:
@@ -299,12 +377,25 @@ class BatchQueue:
     :func:`dispatch_time` says: up to ``delay_s`` after the oldest query's arrival, never
     past the earliest deadline less the expected batch latency, and not at all when no
     further query is expected in time. Queries that can no longer meet their deadline
-    are failed with :class:`DeadlineMissed` at once instead of delaying those behind them.
+    are failed with :class:`DeadlineMissed` at once instead of delaying those behind them
+    (``on_expired`` hears of each first: it may hand a copy to ``put_late``).
+
+    A batch holds queries of one :func:`batch_group` (the first live query's; the others
+    keep their place), or one ``solo`` query alone. When the queue is empty, a replica
+    gets a batch of late work instead (``put_late``), if no other replica runs one:
+    late work never waits in front of on-time queries, and leaves other replicas free.
     """
 
     def __init__(self, on_expired: Callable[[QueuedQuery], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, late_limit: int = LATE_LIMIT) -> None:
         self._items: collections.deque[QueuedQuery] = collections.deque()
+        self._late: collections.deque[QueuedQuery] = collections.deque()
+        self._late_keys: set = set()
+        self.late_limit = late_limit
+        #: late batches handed out and not yet reported done (``late_done``)
+        self.late_running = 0
+        #: late queries dropped because the late queue was full
+        self.late_overflow = 0
         # Futures of the loops waiting for a put. Not an asyncio.Event: a wait with a
         # timeout on an Event needs asyncio.wait_for, a new Task per wait, and during a
         # batch delay every arriving query ends one such wait.
@@ -335,6 +426,33 @@ class BatchQueue:
         if self._items:
             self._wake()
 
+    def put_late(self, item: QueuedQuery) -> bool:
+        """Keep ``item`` (``late``, with a cache key) to compute when the queue is empty;
+        False when a query with its key waits already. Full: the oldest is dropped."""
+        if item.key in self._late_keys or self.late_limit <= 0:
+            return False
+        if len(self._late) >= self.late_limit:
+            dropped = self._late.popleft()
+            self._late_keys.discard(dropped.key)
+            dropped.future.cancel()
+            self.late_overflow += 1
+        self._late.append(item)
+        self._late_keys.add(item.key)
+        if not self._items and not self.late_running:
+            self._wake()
+        return True
+
+    def late_done(self) -> None:
+        """A late batch handed out by ``get_batch`` has finished (or failed)."""
+        self.late_running = max(0, self.late_running - 1)
+        if self._late:
+            self._wake()
+
+    @property
+    def late_waiting(self) -> int:
+        """Late queries waiting for an idle replica."""
+        return len(self._late)
+
     def _wake(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
@@ -342,8 +460,14 @@ class BatchQueue:
         self._waiters.clear()
 
     def drain(self) -> list[QueuedQuery]:
+        """Empty the queue and the late queue; the queued queries (not the late ones, whose
+        futures are cancelled: nobody waits for them) are returned."""
         items = list(self._items)
         self._items.clear()
+        for late in self._late:
+            late.future.cancel()
+        self._late.clear()
+        self._late_keys.clear()
         return items
 
     async def _wait(self, timeout: float | None) -> None:
@@ -369,6 +493,9 @@ class BatchQueue:
         estimate = expected_latency_s if callable(expected_latency_s) else (lambda v=expected_latency_s: v)
         while True:
             while not self._items:
+                late = self._cut_late(max(1, int(max_size * LATE_BATCH_SHARE)))
+                if late:
+                    return late
                 await self._wait(None)
             expected = estimate()
             cut_at = await self._delay(max_size, delay_s, expected)
@@ -406,18 +533,56 @@ class BatchQueue:
         return now
 
     def _cut(self, max_size: int, expected_latency_s: float, now: float | None = None) -> list[QueuedQuery]:
+        """Up to ``max_size`` live queries of the first live query's group (or it alone, if
+        ``solo``); queries of other groups keep their place. Expired ones are failed."""
         now = self.clock() if now is None else now
         batch: list[QueuedQuery] = []
+        passed: list[QueuedQuery] = []
         items = self._items
-        while items and len(batch) < max_size:
+        scan = max_size * SCAN_PER_ROW + SCAN_EXTRA
+        while items and len(batch) < max_size and scan > 0:
             q = items.popleft()
+            scan -= 1
             if q.future.done():
                 continue  # answered already (e.g. its app gave up on it)
             if now + expected_latency_s > q.deadline:
-                if self.on_expired is not None:
-                    self.on_expired(q)
-                if not q.future.done():
-                    q.future.set_exception(DeadlineMissed("the query could not meet its deadline"))
-                continue
-            batch.append(q)
+                self._expire(q)
+            elif not batch:
+                batch.append(q)
+                if q.solo:
+                    break
+            elif q.solo or q.group != batch[0].group:
+                passed.append(q)
+            else:
+                batch.append(q)
+        items.extendleft(reversed(passed))
+        return batch
+
+    def _expire(self, q: QueuedQuery) -> None:
+        if self.on_expired is not None:
+            self.on_expired(q)
+        if not q.future.done():
+            q.future.set_exception(DeadlineMissed("the query could not meet its deadline"))
+
+    def _cut_late(self, max_size: int) -> list[QueuedQuery]:
+        """A batch of late work of one group, unless another one is running."""
+        late = self._late
+        if self.late_running or not late:
+            return []
+        batch: list[QueuedQuery] = []
+        passed: list[QueuedQuery] = []
+        scan = max_size * SCAN_PER_ROW + SCAN_EXTRA
+        while late and len(batch) < max_size and scan > 0:
+            q = late.popleft()
+            scan -= 1
+            if q.future.done():
+                self._late_keys.discard(q.key)
+            elif batch and q.group != batch[0].group:
+                passed.append(q)
+            else:
+                self._late_keys.discard(q.key)
+                batch.append(q)
+        late.extendleft(reversed(passed))
+        if batch:
+            self.late_running += 1
         return batch

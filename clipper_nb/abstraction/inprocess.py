@@ -10,6 +10,7 @@ Usage (engine-level tests construct the engine's ``backends`` with it)::
 
     backend = InProcessBackend(delays={"slow": 0.05})       # 50 ms per batch of "slow"
     backend = InProcessBackend(latency=lambda model, n: 0.001 * n)
+    backend = InProcessBackend(fault=lambda model, xs: "crash" if 13 in xs else None)
     await backend.start()
     version = ModelVersion(backend, ModelVersionConfig(model="m", version="1",
                                                        artifact_dir=d, log_dir=logs))
@@ -38,6 +39,8 @@ _serial = itertools.count(1)
 
 #: ``latency(model, n_rows) -> seconds`` a batch takes on top of the model's own time
 Latency = Callable[[str, int], float]
+#: ``fault(model, inputs) -> "crash" | "hang" | None``: what a batch does to its replica
+Fault = Callable[[str, list], "str | None"]
 
 
 class InProcessReplica:
@@ -86,8 +89,17 @@ class InProcessReplica:
         delay = self.backend.delay_s(self.spec.model, len(inputs))
         if delay > 0:
             await asyncio.sleep(delay)
+        fault = self.backend.fault(self.spec.model, inputs) if self.backend.fault is not None else None
+        if fault == "crash":
+            self.kill(f"crashed on a batch of {len(inputs)}")
+            raise ReplicaLost(f"replica {self.name} died")
+        if fault == "hang":
+            await asyncio.get_running_loop().create_future()  # until killed or stopped
         self.backend.batches.append((self.name, len(inputs)))
-        header, payload = codec.encode_batch(inputs)
+        try:
+            header, payload = codec.encode_batch(inputs)
+        except Exception as e:  # noqa: BLE001 - as the process backend: the batch's error, not the replica's
+            raise ModelError(f"cannot send the batch to the model: {artifact.format_exception(e)}") from None
         try:  # bytes(): read-only, as a frame off the wire; the model never aliases the caller's input
             out_frames, meta = predict.run_frames(self.predictor, header, bytes(payload))
         except Exception as e:  # noqa: BLE001 - a failing model fails its own queries only
@@ -124,7 +136,10 @@ class InProcessBackend:
       with ``asyncio.sleep`` before the model runs and added to ``compute_ms``);
     * ``delays={"model": seconds}``: a fixed time per batch for the models named
       (used when ``latency`` is None; other models take no scripted time);
-    * ``start_s``: scripted start-up time of every replica.
+    * ``start_s``: scripted start-up time of every replica;
+    * ``fault(model, inputs) -> "crash" | "hang" | None``: per batch, after its scripted
+      time: ``"crash"`` kills the replica (as ``os._exit`` in a worker would), ``"hang"``
+      never returns (until the replica is stopped or killed).
 
     What tests read: ``batches`` (``(replica name, rows)`` per batch run, in order),
     ``started`` (every replica ever started), ``replicas(model)`` (the live ones).
@@ -135,10 +150,11 @@ class InProcessBackend:
     name = "inprocess"
 
     def __init__(self, latency: Latency | None = None, delays: dict[str, float] | None = None,
-                 start_s: float = 0.0) -> None:
+                 start_s: float = 0.0, fault: Fault | None = None) -> None:
         self.latency = latency
         self.delays = dict(delays or {})
         self.start_s = start_s
+        self.fault = fault
         self.batches: list[tuple[str, int]] = []
         self.started: list[InProcessReplica] = []
 

@@ -2,43 +2,47 @@
 
 ``submit`` answers from the prediction cache, shares an identical query already in
 flight, or queues the query on the version's :class:`BatchQueue`. Each replica that
-is up runs a batch loop that cuts batches sized by its own :class:`AIMDController`
-and sends them to the replica. A batch whose replica is lost goes back to the front
-of the queue once (another replica takes it); a batch the model raised on fails
-every query in it with :class:`ModelError`.
+is up runs a batch loop (:mod:`.replica_loop`) that cuts batches of one kind of input,
+sized by its own :class:`AIMDController`, and isolates failures: a batch the model
+raised on is bisected so that only the failing inputs get the error; the queries of a
+replica that died or hung are retried one by one on its replacement, and an input that
+was alone on a lost replica gets an error instead of another replica.
+
+**Late results fill the cache** (straggler mitigation, NSDI'17 §5.2.2): a query
+dropped at dispatch because it could not meet its deadline is answered with the
+default output at once, and a copy of it (with its cache key) waits in the queue's
+bounded late queue; replicas compute late work only when the queue is empty, one late
+batch at a time, so that the next identical query is a cache hit. Late work whose key
+was cached or queued again meanwhile is skipped.
 
 Which replicas exist is the :class:`~.supervisor.Supervisor`'s business: it starts,
-restarts and stops them on a :class:`~.backend.ReplicaBackend` and tells this module
+restarts and stops them on a :class:`~.backend.ReplicaBackend` and tells the loops
 when one is up or going away. Nothing here knows which backend runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import math
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from clipper_nb.abstraction import batching
-from clipper_nb.abstraction.backend import (
-    ReplicaBackend,
-    ReplicaHandle,
-    ReplicaLost,
-    ReplicaSpec,
-)
-from clipper_nb.abstraction.batching import AIMDController, BatchQueue, QueuedQuery
+from clipper_nb.abstraction.backend import ReplicaBackend, ReplicaSpec
+from clipper_nb.abstraction.batching import AIMDController, BatchQueue, HangWatch, QueuedQuery
 from clipper_nb.abstraction.cache import PredictionCache
-from clipper_nb.abstraction.supervisor import Slot, Supervisor
+from clipper_nb.abstraction.replica_loop import EVENTS, ReplicaLoops
+from clipper_nb.abstraction.supervisor import Supervisor
 from clipper_nb.errors import ModelError, Unavailable
 from clipper_nb.wire.codec import input_digest
 
-__all__ = ["MAX_ATTEMPTS", "ModelVersion", "ModelVersionConfig"]
+__all__ = ["ModelVersion", "ModelVersionConfig"]
 
 log = logging.getLogger("clipper_nb.abstraction.model_version")
 
-MAX_ATTEMPTS = 2  # a batch whose replica dies is retried once on another replica
 #: AIMD's starting cap: small, so a slow model's first batches stay within the SLO
 START_CAP = 4
 
@@ -62,6 +66,13 @@ class ModelVersionConfig:
     start_timeout_s: float = 120.0
     heartbeat_timeout_s: float = 5.0
     hang_timeout_s: float = 60.0
+    #: a batch this many times longer than this version's batches marks its replica hung
+    #: (``HangWatch``; 0: off, only ``hang_timeout_s``) ...
+    hang_factor: float = batching.HANG_FACTOR
+    #: ... but not before this many seconds
+    hang_floor_s: float = batching.HANG_FLOOR_S
+    #: dropped queries kept to compute into the cache when the replicas are idle (0: none)
+    late_queue: int = batching.LATE_LIMIT
     env: dict[str, str] = field(default_factory=dict)
     #: modules a backend may import before starting this model's replicas (the fork server)
     preload: list[str] = field(default_factory=list)
@@ -75,16 +86,6 @@ class ModelVersionConfig:
             heartbeat_timeout_s=self.heartbeat_timeout_s, hang_timeout_s=self.hang_timeout_s)
 
 
-class _Lane:
-    """The serving side of one replica: its AIMD controller and batch loop."""
-
-    def __init__(self, handle: ReplicaHandle, controller: AIMDController) -> None:
-        self.handle = handle
-        self.controller = controller
-        self.task: asyncio.Task | None = None
-        self.in_batch = False
-
-
 class ModelVersion:
     """Serves one model version: cache -> in-flight dedup -> queue -> replica batch loops."""
 
@@ -93,14 +94,19 @@ class ModelVersion:
         self.config = config
         self.metrics = metrics
         self.name = config.model
+        self.label = f"{config.model}:{config.version}"
         self.cache = PredictionCache(config.cache_bytes)
-        self.queue = BatchQueue(on_expired=self._on_expired)
-        self.deadline_drops = 0
+        self.queue = BatchQueue(on_expired=self._on_expired, late_limit=config.late_queue)
+        self.counts: collections.Counter = collections.Counter()
         self._inflight: dict[bytes, QueuedQuery] = {}
-        self._lanes: dict[Slot, _Lane] = {}
-        self._loops: set[asyncio.Task] = set()
         self._stopped = False
-        self.supervisor = Supervisor(backend, config.replica_spec(), on_up=self._on_up, on_down=self._on_down)
+        self.loops = ReplicaLoops(self.queue, self.label, batch_delay_s=config.batch_delay_s,
+                                  hangs=HangWatch(config.hang_factor, config.hang_floor_s),
+                                  make_controller=self._controller, wanted=self._late_wanted, count=self._count,
+                                  metrics=metrics, model=config.model)
+        self.supervisor = Supervisor(backend, config.replica_spec(), on_up=self.loops.on_up,
+                                     on_down=self.loops.on_down)
+        self.loops.replace = self.supervisor.replace
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, replicas: int) -> None:
@@ -115,34 +121,15 @@ class ModelVersion:
         """Stop every replica; queued queries fail with a clear error."""
         self._stopped = True
         await self.supervisor.stop()
-        loops = list(self._loops)
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)  # their batches are back in the queue
-        for q in self.queue.drain():
+        waiting = await self.loops.stop()  # their batches are back in the queue
+        for q in [*waiting, *self.queue.drain()]:
             if not q.future.done():
-                q.future.set_exception(ModelError(f"model {self.name}:{self.config.version} was stopped"))
+                q.future.set_exception(ModelError(f"model {self.label} was stopped"))
 
-    def _on_up(self, slot: Slot) -> None:
+    def _controller(self) -> AIMDController:
         cfg = self.config
-        controller = AIMDController(cfg.objective_s, fixed=cfg.batch_size, max_cap=cfg.max_batch_size,
-                                    cap=min(START_CAP, cfg.max_batch_size))
-        lane = self._lanes[slot] = _Lane(slot.handle, controller)
-        lane.task = asyncio.ensure_future(self._replica_loop(lane))
-        self._loops.add(lane.task)
-        lane.task.add_done_callback(self._loops.discard)
-
-    def _on_down(self, slot: Slot, deliberate: bool) -> None:
-        lane = self._lanes.get(slot)
-        if lane is None or lane.task is None:
-            return
-        if not deliberate:
-            self._lanes[slot] = _Lane(lane.handle, lane.controller)  # status keeps its last cap
-            if lane.in_batch:
-                return  # the batch fails with ReplicaLost; the loop retries it and ends
-        else:
-            del self._lanes[slot]
-        lane.task.cancel()
+        return AIMDController(cfg.objective_s, fixed=cfg.batch_size, max_cap=cfg.max_batch_size,
+                              cap=min(START_CAP, cfg.max_batch_size))
 
     # ------------------------------------------------------------------ serving
     def submit(self, x: Any, deadline: float, use_cache: bool = True) -> asyncio.Future:
@@ -183,93 +170,71 @@ class ModelVersion:
         if self._inflight.get(q.key) is q:
             del self._inflight[q.key]
         if not fut.cancelled() and fut.exception() is None:
-            evicted = self.cache.put(q.key, fut.result())
-            if evicted and self.metrics is not None:
-                self.metrics.record_cache_eviction(self.name, evicted)
+            self._cache_put(q.key, fut.result())
+
+    def _cache_put(self, key: bytes, value: Any) -> None:
+        evicted = self.cache.put(key, value)
+        if evicted and self.metrics is not None:
+            self.metrics.record_cache_eviction(self.name, evicted)
 
     def _on_expired(self, q: QueuedQuery) -> None:
-        self.deadline_drops += 1
+        """``q`` is dropped at dispatch: keep a copy to compute into the cache later."""
+        self._count("deadline_drops")
+        if q.key is None or q.late or q.solo or self._stopped:
+            return  # no key: nobody could use the result; solo: it may crash the model
+        late = QueuedQuery(q.x, q.future.get_loop().create_future(), math.inf, q.key, q.arrival, late=True)
+        late.future.add_done_callback(lambda f, key=q.key: self._late_settled(key, f))
+        if self.queue.put_late(late):
+            self._count("late_queued")
+        else:
+            late.future.cancel()
 
-    async def _replica_loop(self, lane: _Lane) -> None:
-        queue, handle, controller = self.queue, lane.handle, lane.controller
-        last_batch_end = time.monotonic()
+    def _late_settled(self, key: bytes, fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is None and key not in self.cache:
+            self._cache_put(key, fut.result())
 
-        def expected_latency() -> float:
-            return controller.expected_latency_s(time.monotonic() - last_batch_end)
+    def _late_wanted(self, q: QueuedQuery) -> bool:
+        """Late work is still worth computing: its key is neither cached nor in flight."""
+        pending = self._inflight.get(q.key)  # its own dropped query may still be listed for a moment
+        return q.key not in self.cache and (pending is None or pending.future.done())
 
-        while handle.state in ("idle", "busy"):
-            items = await queue.get_batch(controller.limit(), self.config.batch_delay_s, expected_latency)
-            if handle.state != "idle":
-                queue.put_front(items)
-                return
-            start = time.monotonic()
-            lane.in_batch = True
-            try:
-                outputs, meta = await handle.run_batch([q.x for q in items])
-            except ReplicaLost as e:
-                self._retry(items, e)
-                return
-            except asyncio.CancelledError:
-                # Scaled down or stopped mid-batch: the queries go back to the queue (the
-                # other replicas, or stop()'s drain, answer them); a future left pending
-                # here would also pin its cache key in _inflight for good.
-                queue.put_front([q for q in items if not q.future.done()])
-                raise
-            except ModelError as e:
-                self._fail(items, e)
-                continue
-            finally:
-                lane.in_batch = False
-            last_batch_end = time.monotonic()
-            self._answer(lane, items, outputs, last_batch_end - start, meta)
-
-    def _answer(self, lane: _Lane, items: list[QueuedQuery], outputs: list, latency: float, meta: dict) -> None:
-        lane.controller.observe(len(items), latency, meta.get("compute_ms", latency * 1000) / 1000)
-        for q, out in zip(items, outputs):
-            if not q.future.done():
-                q.future.set_result(out)
+    def _count(self, event: str, n: int = 1) -> None:
+        self.counts[event] += n
         if self.metrics is not None:
-            self.metrics.record_batch(self.name, lane.handle.name, len(items), latency)
-            self.metrics.set_batch_cap(self.name, lane.handle.name, lane.controller.limit())
-            self.metrics.set_queue_length(self.name, len(self.queue))
+            self.metrics.record_model_event(self.name, event, n)
 
-    def _fail(self, items: list[QueuedQuery], error: ModelError) -> None:
-        """The model raised on this batch: every query in it fails with the model's error."""
-        message = error.message.removeprefix("the model failed: ")
-        for q in items:
-            if not q.future.done():
-                q.future.set_exception(ModelError(f"model {self.name}:{self.config.version} failed: {message}",
-                                                  error.cause))
+    @property
+    def deadline_drops(self) -> int:
+        """Queries dropped at dispatch because they could not meet their deadline."""
+        return self.counts["deadline_drops"]
 
-    def _retry(self, items: list[QueuedQuery], error: Exception) -> None:
-        again = []
-        for q in items:
-            q.attempts += 1
-            if q.attempts >= MAX_ATTEMPTS:
-                if not q.future.done():
-                    q.future.set_exception(ModelError(f"{error}; the batch failed on {q.attempts} replicas"))
-            else:
-                again.append(q)
-        self.queue.put_front(again)
+    def counters(self) -> dict[str, int]:
+        """Every event of :data:`~.replica_loop.EVENTS` this version counted, and
+        ``late_waiting`` (late queries waiting now)."""
+        counts = {e: self.counts[e] for e in EVENTS}
+        counts["late_overflow"] = self.queue.late_overflow
+        counts["late_waiting"] = self.queue.late_waiting
+        return counts
 
     # ------------------------------------------------------------------ tuning and status
     def set_objective(self, objective_s: float) -> None:
         self.config.objective_s = objective_s
-        for lane in self._lanes.values():
+        for lane in self.loops.lanes.values():
             lane.controller.set_objective(objective_s)
 
     def status(self) -> list[dict]:
-        """One row per wanted replica (``model, version, replica, name, state, pid, device,
+        """One row per wanted replica (``model, version, replica, name, state, pid, device, node,
         batch_cap, restarts, last_error, backend``)."""
         rows = []
         for slot in self.supervisor.slots:
-            h, lane = slot.handle, self._lanes.get(slot)
+            h, lane = slot.handle, self.loops.lanes.get(slot)
             state = slot.state
             rows.append({
                 "model": self.config.model, "version": self.config.version, "replica": slot.index,
                 "name": h.name if h else None, "state": state,
                 "pid": h.pid if h and h.state != "dead" else None,
                 "device": (h.info.get("device") if h else None) or self.config.device,
+                "node": h.info.get("node") if h else None,  # where a cluster backend placed it
                 "batch_cap": lane.controller.limit() if lane else None, "restarts": slot.restarts,
                 "last_error": slot.last_error if state == "dead" else None,
                 "backend": self.backend.name,

@@ -9,6 +9,11 @@ spin), and stops them. The serving side hears about it through two callbacks:
 * ``on_up(slot)`` - ``slot.handle`` is a fresh replica in state ``idle``: serve it;
 * ``on_down(slot, deliberate)`` - the slot's replica is going away: stop serving it
   (``deliberate``: scaled down or stopped; else it died and will be restarted).
+
+The serving side may also ask for a replica to be ``replace``-d: one that is alive but
+useless (a batch hung in the model). It is stopped and its slot restarted as for a death.
+A replica that answered a batch was not crash-looping, however young it died: one bad
+input that crashes the model must not push its slot into the crash loop's backoff.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class Slot:
         self.started_at = 0.0
         self.restarts = 0
         self.crashes_in_row = 0
+        #: the replica answered a batch (the serving side says so): it was not crash-looping
+        self.served = False
         #: why the last replica died, or why the last restart failed
         self.last_error: str | None = None
 
@@ -152,20 +159,52 @@ class Supervisor:
             return
         slot.handle = handle
         slot.started_at = time.monotonic()
+        slot.served = False
         log.info("replica %s up (pid %s, %s)", handle.name, handle.pid, handle.info.get("device"))
         self._on_up(slot)
 
-    def _on_dead(self, handle: ReplicaHandle, cause: str) -> None:
+    def _slot_of(self, handle: ReplicaHandle) -> Slot | None:
+        """The slot whose current replica is ``handle``, unless it is being stopped or replaced."""
         slot = next((s for s in self.slots if s.handle is handle), None)
         if slot is None or self._stopping or not slot.wanted:
-            return  # stopped on purpose, or a replica we already replaced
+            return None  # stopped on purpose, or a replica we already replaced
+        if slot.start_task is not None and not slot.start_task.done():
+            return None  # a restart of this slot is under way already
+        return slot
+
+    def _crashed(self, slot: Slot, cause: str) -> float:
+        """Count a death of ``slot``'s replica; the wait before its restart."""
         slot.last_error = cause
         self._on_down(slot, False)
         lived = time.monotonic() - slot.started_at
-        slot.crashes_in_row = 0 if lived > HEALTHY_AFTER_S else slot.crashes_in_row + 1
-        delay = restart_delay_s(slot.crashes_in_row)
+        healthy = lived > HEALTHY_AFTER_S or slot.served
+        slot.crashes_in_row = 0 if healthy else slot.crashes_in_row + 1
+        return restart_delay_s(slot.crashes_in_row)
+
+    def _on_dead(self, handle: ReplicaHandle, cause: str) -> None:
+        slot = self._slot_of(handle)
+        if slot is None:
+            return
+        delay = self._crashed(slot, cause)
         log.warning("replica %s died: %s; restarting in %.1fs", handle.name, cause, delay)
         slot.start_task = self._spawn(self._restart(slot, delay))
+
+    def replace(self, handle: ReplicaHandle, cause: str) -> None:
+        """Stop ``handle`` (alive but useless: hung) and start another replica in its slot.
+
+        As for a death: ``on_down(slot, False)`` first, then the replica is stopped (its
+        batch in flight fails with :class:`~.backend.ReplicaLost`), then restarted.
+        """
+        slot = self._slot_of(handle)
+        if slot is None:
+            return
+        delay = self._crashed(slot, cause)
+        log.warning("replica %s replaced: %s; restarting in %.1fs", handle.name, cause, delay)
+        slot.start_task = self._spawn(self._replace(slot, handle, delay))
+
+    async def _replace(self, slot: Slot, handle: ReplicaHandle, delay: float) -> None:
+        await handle.stop()
+        await self._restart(slot, delay)
 
     async def _restart(self, slot: Slot, delay: float) -> None:
         await asyncio.sleep(delay)

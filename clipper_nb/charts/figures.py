@@ -25,7 +25,7 @@ __all__ = ["FIGURES", "PlotSet", "TITLES", "series_columns"]
 #: Plot kinds in display order.
 FIGURES = ("latency", "throughput", "batch", "weights", "cache", "misses")
 TITLES = {
-    "latency": "Latency (ms): p50, p99 and the SLO",
+    "latency": "Latency at the server (ms): p50, p99 and the SLO",
     "throughput": "Throughput (queries/s)",
     "batch": "Batch size per replica: AIMD cap (dashed) and mean",
     "weights": "Selection weights (probability per model)",
@@ -42,6 +42,8 @@ _LINES = {
                ("slo_miss", "SLO misses", "#d62728", "solid"), ("error_rate", "errors", "#7f7f7f", "dotted")],
 }
 _FRACTION_PLOTS = {"weights", "cache", "misses"}
+#: What an empty plot says until its first point arrives.
+EMPTY_NOTES = {kind: "no traffic yet" for kind in FIGURES} | {"weights": "no feedback yet (client.feedback)"}
 
 
 def series_columns(key: str) -> list[str]:
@@ -64,13 +66,18 @@ class PlotSet:
     """
 
     def __init__(self, names: Iterable[str] = FIGURES, *, history_s: int = 300, width: int = 470,
-                 height: int = 220, name_prefix: str = "") -> None:
+                 height: int = 220, name_prefix: str = "", shared_x: bool = False) -> None:
         self.history_s = history_s
         self.name_prefix = name_prefix
         self.figures: dict[str, figure] = {}
         self.sources: dict[str, ColumnDataSource] = {}
         self._dynamic: dict[str, int] = {}  # plot kind -> series added so far (picks the colour)
-        self.weights_note: Label | None = None
+        #: plot kind -> its "no traffic yet" label, hidden once the plot has data
+        self.notes: dict[str, Label] = {}
+        # shared_x (one Bokeh document, the page): one time axis for every plot, so a load
+        # fills the same window everywhere. Figures shown as separate widgets live in
+        # separate documents and cannot share a model: each then gets its own range.
+        self._shared_x = self._time_range() if shared_x else None
         for name in names:
             if name not in TITLES:
                 raise ValueError(f"unknown plot {name!r}; plots: {', '.join(FIGURES)}")
@@ -81,25 +88,24 @@ class PlotSet:
                                         line_dash=dash, line_width=2)
 
     def _figure(self, name: str, width: int, height: int) -> figure:
-        # follow="end": the x range slides with the newest point instead of growing.
-        # min_interval: a few seconds of data still get a readable clock axis, not "500ms".
-        x_range = DataRange1d(follow="end", follow_interval=self.history_s * 1000, range_padding=0,
-                              min_interval=30_000)
-        fig = figure(title=TITLES[name], x_axis_type="datetime", width=width, height=height, x_range=x_range,
+        fig = figure(title=TITLES[name], x_axis_type="datetime", width=width, height=height,
+                     x_range=self._shared_x or self._time_range(),
                      tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="right",
                      name=f"{self.name_prefix}plot:{name}")
         clock = "%H:%M:%S"
         fig.xaxis.formatter = DatetimeTickFormatter(milliseconds=clock, seconds=clock, minsec=clock,
                                                     minutes="%H:%M", hourmin="%H:%M", hours="%H:%M", context=None)
+        fig.xaxis.ticker.desired_num_ticks = 4  # clock labels that never overlap at this width
         if name in _FRACTION_PLOTS:
             fig.y_range = Range1d(-0.03, 1.05)  # below 0: a 0 % line stays visible above the axis
             fig.yaxis.formatter = NumeralTickFormatter(format="0%")
-        if name == "weights":
-            # Weights are sampled on feedback: say so until the first sample arrives.
-            self.weights_note = Label(x=12, y=12, x_units="screen", y_units="screen", text_font_size="9pt",
-                                      text_color="#777", name=f"{self.name_prefix}note:weights",
-                                      text="no feedback yet (client.feedback)")
-            fig.add_layout(self.weights_note)
+        else:
+            # From 0, and an axis even before the first point (an idle app is not a blank box).
+            fig.y_range = DataRange1d(start=0, min_interval=1.0, default_span=1.0)
+        # Until the first point: say why the plot is empty (weights are sampled on feedback).
+        self.notes[name] = Label(x=12, y=12, x_units="screen", y_units="screen", text_font_size="9pt",
+                                 text_color="#777", name=f"{self.name_prefix}note:{name}", text=EMPTY_NOTES[name])
+        fig.add_layout(self.notes[name])
         # Outside the plot area: a legend inside would hide the newest points.
         fig.add_layout(Legend(click_policy="hide", label_text_font_size="8pt", spacing=0, padding=4,
                               margin=4, label_height=12, glyph_height=12, border_line_alpha=0), "right")
@@ -112,6 +118,17 @@ class PlotSet:
             src = ColumnDataSource({c: [] for c in series_columns(key)}, name=f"{self.name_prefix}{key}")
             self.sources[key] = src
         return src
+
+    def _time_range(self) -> DataRange1d:
+        # The window follows the newest point, at most history_s wide. min_interval: a few
+        # seconds of data still get a readable clock axis, not "500ms".
+        return DataRange1d(follow="end", follow_interval=self.history_s * 1000, range_padding=0,
+                           min_interval=30_000)
+
+    @property
+    def weights_note(self) -> Label | None:
+        """The weights plot's "no feedback yet" label (None when the set has no weights plot)."""
+        return self.notes.get("weights")
 
     def source_for(self, key: str) -> ColumnDataSource | None:
         """The source of series ``key``, made (with its glyphs) on first use; None when
@@ -143,8 +160,9 @@ class PlotSet:
             if src is not None and columns.get("x"):
                 src.stream(columns, rollover=self.history_s)
                 done.append(key)
-                if key.startswith("weights/") and self.weights_note is not None and self.weights_note.visible:
-                    self.weights_note.visible = False
+                note = self.notes.get(key.split("/", 1)[0])
+                if note is not None and note.visible:
+                    note.visible = False
         return done
 
     def clear(self, prefix: str) -> None:

@@ -11,6 +11,10 @@ Protocol: JSON lines. The frontend writes ``{"id", "argv", "env", "cwd", "log",
 "rc": code}`` (``-N`` for signal N) when it reaps that worker. It exits, and its
 workers get SIGTERM, when its stdin closes (the frontend is gone). It never starts a
 thread, so forking it is safe; CUDA is only ever initialised in the workers.
+
+The channel is the fork server's stdin and stdout pipes, which no other process can
+open; what a worker needs to know that is secret (its socket identity) travels in
+``env`` there, never on a command line. Workers' logs are created 0600.
 """
 
 from __future__ import annotations
@@ -91,7 +95,11 @@ class ForkServer:
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         while True:
-            line = await proc.stdout.readline()
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over the reader's limit: something a model printed, not ours
+                log.debug("fork server printed an overlong line")
+                continue
             if not line:
                 break
             try:
@@ -190,7 +198,7 @@ def _child(req: dict) -> None:
     """In the forked child: become a worker. Never returns."""
     code = 1
     try:
-        fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)

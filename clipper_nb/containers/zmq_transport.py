@@ -39,16 +39,22 @@ log = logging.getLogger("clipper_nb.containers.zmq_transport")
 
 
 class Router:
-    """A ROUTER socket bound to a free loopback port, dispatching by replica identity."""
+    """A ROUTER socket dispatching by replica identity, bound to ``endpoint`` (an
+    ``ipc://`` path, or a free port of ``tcp://HOST``); a peer sending a message over
+    ``max_msg_bytes`` is disconnected (-1: no limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, endpoint: str = "tcp://127.0.0.1", max_msg_bytes: int = -1) -> None:
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         # Unknown identities (a replica we already gave up on) are dropped, not an error.
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)  # before bind: the listener copies it
+        if endpoint.startswith("tcp://"):
+            self.address = f"{endpoint}:{self.sock.bind_to_random_port(endpoint)}"
+        else:
+            self.sock.bind(endpoint)
+            self.address = endpoint
         self.replicas: dict[bytes, Replica] = {}
         self._tasks: list[asyncio.Task] = []
 
@@ -176,12 +182,16 @@ class Replica:
         """Send a batch and wait for ``(outputs, {"n", "compute_ms"})``."""
         if self.state != "idle":
             raise ReplicaLost(f"replica {self.name} is {self.state}")
+        try:  # before the replica is marked busy: a batch that cannot be sent must not stall it
+            frames = codec.encode_batch(items)
+        except Exception as e:  # noqa: BLE001 - the batch's error, not the replica's
+            raise ModelError(f"cannot send the batch to the model: {type(e).__name__}: {e}") from None
         batch_id = str(next(_batch_ids)).encode()
         fut = asyncio.get_running_loop().create_future()
         self._pending = (batch_id, fut)
         self.state = "busy"
         self.batch_started = time.monotonic()
-        self.router.send(self.identity, [BATCH, batch_id, *codec.encode_batch(items)])
+        self.router.send(self.identity, [BATCH, batch_id, *frames])
         return await fut
 
     def check_liveness(self, now: float) -> None:

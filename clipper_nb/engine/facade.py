@@ -17,6 +17,7 @@ and a facade over its rooms, each of which fits one reading:
 from __future__ import annotations
 
 import asyncio
+import os
 import concurrent.futures
 import logging
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from clipper_nb.abstraction.backend import ReplicaBackend
 from clipper_nb.config import ClipperNB
 from clipper_nb.containers.process_backend import ProcessBackend
+from clipper_nb.containers.ray_backend import RayBackend
 from clipper_nb.engine.metrics import Metrics
 from clipper_nb.engine.models import DEFAULT_BACKEND, ModelManager
 from clipper_nb.engine.query import QueryPath
@@ -43,7 +45,9 @@ class Engine:
     """Owns every app, model version and replica of one clipper-nb frontend.
 
     ``backends`` maps a backend name to a :class:`ReplicaBackend`; by default one
-    ``"process"`` backend (worker processes). A model's spec may name another.
+    ``"process"`` backend (worker processes). A model's spec may name another; the
+    ``"ray"`` backend (replicas as Ray actors) joins ``backends`` the first time a model
+    asks for it, by its own ``backend="ray"`` or the ``default_backend`` knob.
 
     >>> engine = Engine(ClipperNB(state_dir="/tmp/state"))   # doctest: +SKIP
     >>> await engine.start(); await engine.predict("digits", [0.1] * 64)
@@ -55,7 +59,9 @@ class Engine:
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = Store(config.state_dir)
         if backends is None:
-            backends = {DEFAULT_BACKEND: ProcessBackend(fork_server=config.fork_server, tag=self.store.state_dir)}
+            backends = {DEFAULT_BACKEND: ProcessBackend(
+                fork_server=config.fork_server, tag=self.store.state_dir, memory_limit_mb=config.worker_memory_mb,
+                max_message_bytes=int(config.worker_message_mb * (1 << 20)))}
         self.backends: dict[str, ReplicaBackend] = backends
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clipper-store")
         self._lock = asyncio.Lock()  # one management change at a time
@@ -64,7 +70,7 @@ class Engine:
         self.registry = Registry()
         self.states = SelectionStates(config.max_contexts)
         self.model_admin = ModelManager(self.registry, self.store, self._db, self._lock, config, self.metrics,
-                                        self.backends, self._spawn)
+                                        self.backends, self._spawn, make_backend=self._make_backend)
         self.app_admin = AppManager(self.registry, self.states, self.store, self._db, self._lock, self.metrics,
                                     config.default_slo_ms, self.model_admin.retune)
         self.queries = QueryPath(self.registry, self.states, self.model_admin.running, self.metrics, self.store,
@@ -107,6 +113,14 @@ class Engine:
         await self._db(self.store.close)
         self._executor.shutdown(wait=True)
 
+    def _make_backend(self, name: str) -> ReplicaBackend:
+        """A backend created the first time a model asks for it (``ray``: ``ray.init`` is slow,
+        and Ray is an optional extra); the model manager starts it and adds it to ``backends``."""
+        if name == "ray":
+            config = self.config
+            return RayBackend(address=config.ray_address, num_cpus=config.ray_num_cpus, tag=self.store.state_dir)
+        raise ValueError(f"no replica backend {name!r} can be created")
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -125,9 +139,14 @@ class Engine:
                 log.exception("could not save selection state")
 
     async def _flush_selection(self) -> None:
+        """Save the states and choice records changed since the last flush; delete the
+        records dropped since (both taken at once, written in that order)."""
         rows = self.states.take_dirty()
+        gone = self.states.take_deleted()
         if rows:
             await self._db(self.store.save_selection, rows)
+        for app_name, keys in gone.items():
+            await self._db(self.store.delete_contexts, app_name, keys)
 
     # ================================================================== applications
     async def register_app(self, name: str, input_type: str = "floats", default_output: Any = None,
@@ -185,6 +204,16 @@ class Engine:
     def worker_pids(self) -> list[int]:
         return self.model_admin.worker_pids()
 
+    async def model_logs(self, name: str, tail_bytes: int = 20_000) -> dict:
+        """The end of each replica log of ``name``'s current version: what the model printed
+        and its tracebacks (``{"model", "version", "replicas": [{"replica", "log"}]}``).
+        Replicas on Ray log on their nodes instead (Ray's own logs)."""
+        spec = self.registry.require_model(name)
+        version = spec.get("current_version")
+        prefix = f"{name}-{version}-"
+        return {"model": name, "version": version,
+                "replicas": await self._db(_read_logs, self.store.log_dir, prefix, tail_bytes)}
+
     # ================================================================== queries and feedback
     async def predict(self, app_name: str, x: Any, context: str | None = None) -> dict:
         """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``)."""
@@ -200,3 +229,16 @@ class Engine:
 
     def selection(self, app_name: str, context: str | None = None) -> dict:
         return self.queries.selection(app_name, context)
+
+
+def _read_logs(log_dir: str, prefix: str, tail_bytes: int) -> list[dict]:
+    """``[{"replica": index, "log": last bytes}]`` of the logs ``<prefix><index>.log``."""
+    found = []
+    for entry in sorted(os.listdir(log_dir)):
+        index = entry[len(prefix):-len(".log")] if entry.startswith(prefix) and entry.endswith(".log") else ""
+        if index.isdigit():
+            with open(os.path.join(log_dir, entry), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - tail_bytes))
+                found.append({"replica": int(index), "log": f.read().decode(errors="replace")})
+    return sorted(found, key=lambda r: r["replica"])

@@ -171,6 +171,7 @@ class _Replica(_Ring):
         self.current_cap = math.nan
         super().__init__(size)
         self.n_batches = self.n_rows = 0
+        self.last_seen = -1  # the last second anything was recorded for this replica
 
     def clear(self, i: int) -> None:
         super().clear(i)
@@ -188,6 +189,8 @@ class _Model(_HistRing):
         super().__init__(size)
         self.replicas: dict[str, _Replica] = {}
         self.queue_length = self.hits = self.misses = self.evictions = 0
+        #: the abstraction layer's fault and late-work events ("splits", "hung", "late_computed", ...)
+        self.events: dict[str, int] = {}
 
 
 def _json(values: np.ndarray, digits: int = 4) -> list[float | None]:
@@ -202,6 +205,20 @@ def _counts(values: np.ndarray) -> list[int]:
 def _ratio(num: np.ndarray, den: np.ndarray) -> list[float | None]:
     with np.errstate(invalid="ignore", divide="ignore"):
         return _json(np.where(den > 0, num / den, np.nan))
+
+
+#: Replica series kept per model (live replicas and the recently replaced ones).
+MAX_REPLICA_SERIES = 32
+
+
+def _prune_replicas(replicas: dict[str, _Replica], oldest: int) -> None:
+    """Make room for a new replica's series: a replaced replica (a restart has a new name)
+    keeps its series while the window still shows it (seen since ``oldest``), and a
+    crash-looping model cannot grow them past ``MAX_REPLICA_SERIES``: the stalest go first."""
+    for name in [n for n, r in replicas.items() if r.last_seen < oldest]:
+        del replicas[name]
+    while len(replicas) >= MAX_REPLICA_SERIES:
+        del replicas[min(replicas, key=lambda n: replicas[n].last_seen)]
 
 
 class Metrics:
@@ -243,7 +260,9 @@ class Metrics:
         m.slot(sec)  # the model is seen from here on, even before its first batch
         r = m.replicas.get(replica)
         if r is None:
+            _prune_replicas(m.replicas, sec - self.window_s)
             r = m.replicas[replica] = _Replica(self._size)
+        r.last_seen = sec
         return m, r
 
     # ---- per application -----------------------------------------------------
@@ -342,6 +361,12 @@ class Metrics:
     def record_cache_eviction(self, model: str, n: int = 1) -> None:
         """Count ``n`` cache entries of ``model`` evicted by CLOCK."""
         self._model(model).evictions += n
+
+    def record_model_event(self, model: str, event: str, n: int = 1) -> None:
+        """Count ``n`` of ``event`` for ``model``: a batch split to isolate a failing input,
+        a hung or lost replica, a refused input, late work computed for the cache, ..."""
+        events = self._model(model).events
+        events[event] = events.get(event, 0) + n
 
     # ---- selection layer -----------------------------------------------------
 
@@ -547,6 +572,9 @@ class _PromCollector(Collector):
         yield _histogram("clipper_batch_latency_seconds", "Batch processing latency.", "model", models)
         yield _family(G, "clipper_queue_length", "Queries waiting in the model's queue.", ["model"],
                       (([n], mod.queue_length) for n, mod in models))
+        yield _family(C, "clipper_model_events", "Fault isolation and late work: batch splits, lost and hung "
+                      "replicas, refused inputs, late queries computed for the cache.", ["model", "event"],
+                      (([n, ev], x) for n, mod in models for ev, x in mod.events.items()))
         for attr in ("hits", "misses", "evictions"):
             yield _family(C, f"clipper_cache_{attr}", f"Prediction cache {attr}.", ["model"],
                           (([n], getattr(mod, attr)) for n, mod in models))

@@ -37,12 +37,15 @@ from clipper_nb.errors import BadInput, ClipperError, Conflict, NotFound, Unavai
 from clipper_nb.wire import artifact as artifact_mod
 from clipper_nb.wire.codec import check_input_type
 
-__all__ = ["DEFAULT_BACKEND", "PRELOADABLE", "ModelManager"]
+__all__ = ["DEFAULT_BACKEND", "LAZY_BACKENDS", "PRELOADABLE", "BackendPool", "ModelManager"]
 
 log = logging.getLogger("clipper_nb.engine.models")
 
-#: The replica backend of a model spec without ``"backend"``.
+#: The replica backend of a model spec without ``"backend"`` (the ``default_backend`` knob's default).
 DEFAULT_BACKEND = "process"
+#: Backends the engine creates the first time a model asks for one (Ray: ``ray.init`` is slow,
+#: and Ray an optional extra).
+LAZY_BACKENDS = ("ray",)
 
 #: Libraries whose modules the fork server may import ahead of the workers: installed,
 #: side-effect free, and the bulk of a worker's start-up time.
@@ -61,7 +64,8 @@ class ModelManager:
 
     def __init__(self, registry: Registry, store: Store, db: Db, lock: asyncio.Lock, config: ClipperNB,
                  metrics: Any, backends: dict[str, ReplicaBackend],
-                 spawn: Callable[[Awaitable[Any]], asyncio.Task]) -> None:
+                 spawn: Callable[[Awaitable[Any]], asyncio.Task],
+                 make_backend: Callable[[str], ReplicaBackend] | None = None) -> None:
         self.registry = registry
         self.store = store
         self._db = db
@@ -70,6 +74,7 @@ class ModelManager:
         self.metrics = metrics
         self.backends = backends
         self._spawn = spawn
+        self.pool = BackendPool(backends, config, make_backend)
         self.running: dict[str, ModelVersion] = {}
         self.retiring: set[ModelVersion] = set()
         #: model -> why its stored version could not start at restore
@@ -89,7 +94,7 @@ class ModelManager:
             return
         version = None
         try:
-            version = self._new_version(spec, vspec)
+            version = await self._new_version(spec, vspec)
             await version.start(spec["replicas"])
         except ClipperError as e:
             self.restore_errors[spec["name"]] = e.message
@@ -110,21 +115,26 @@ class ModelManager:
                      replicas: int | None = None, device: str = "auto", batch_size: int | None = None,
                      max_batch_size: int | None = None, batch_delay_ms: float | None = None,
                      app: str | None = None, slo_ms: float | None = None, input_type: str | None = None,
-                     default_output: Any = None, backend: str | None = None) -> dict:
+                     default_output: Any = None, backend: str | None = None,
+                     resources: dict[str, float] | None = None) -> dict:
         """Store an artifact as a new version, start its replicas, make it current.
 
         The previous version keeps serving until every new replica has loaded; a worker
-        that cannot load the artifact fails the deploy with the cause.
+        that cannot load the artifact fails the deploy with the cause. ``backend``: the
+        replica backend (default: the model's current one, else the ``default_backend``
+        knob); ``resources``: custom Ray resources each replica asks for.
         """
         check_name("model", name)
         options = self._check_deploy(name, meta, replicas=replicas, device=device, batch_size=batch_size,
                                      max_batch_size=max_batch_size, batch_delay_ms=batch_delay_ms, backend=backend,
                                      app=app, slo_ms=slo_ms, input_type=input_type)
+        options["resources"] = self.pool.check_placement(name, backend, self.registry.models.get(name), resources)
         slo_ms = options.pop("slo_ms")
         async with self._lock:
+            spec = _model_spec(self.registry.models.get(name), name, options)
+            await self.pool.for_spec(spec)  # a backend that cannot start fails the deploy before it is stored
             versions = self.registry.versions.setdefault(name, {})
             version = _next_version(name, versions, version)
-            spec = _model_spec(self.registry.models.get(name), name, options)
             vspec = _version_spec(name, version, meta, input_type)
             await self._db(self.store.write_artifact, name, version, payload, meta)
             try:
@@ -136,10 +146,14 @@ class ModelManager:
                 raise
             versions[version] = vspec
             await self._db(self.store.save_version, vspec)
+            created = None
             if app is not None:
-                await self._link_deployed(app, name, vspec["input_type"], slo_ms, default_output)
+                created = await self._link_deployed(app, name, vspec["input_type"], slo_ms, default_output)
             self.retune([name])
-            return self.describe_model(name)
+            described = self.describe_model(name)
+            if created is not None:  # a typo (app="digit") must not create an app silently
+                described["app_created"] = created
+            return described
 
     def _check_deploy(self, name: str, meta: dict, *, replicas: int | None, device: str,
                       batch_size: int | None, max_batch_size: int | None, batch_delay_ms: float | None,
@@ -162,32 +176,40 @@ class ModelManager:
             check_input_type(input_type)
         if batch_delay_ms is not None:
             batch_delay_ms = _check_number("batch_delay_ms", batch_delay_ms, 0, 1000)
-        if backend is not None and backend not in self.backends:
+        if backend is not None and backend not in self.pool.names():
             raise BadInput(f"unknown replica backend {backend!r}",
-                           f"this server has: {', '.join(sorted(self.backends)) or 'none'}")
+                           f"this server has: {', '.join(self.pool.names()) or 'none'}")
         options.update(batch_size=batch_size, max_batch_size=max_batch_size, batch_delay_ms=batch_delay_ms,
                        backend=backend)
         return options
 
     async def _link_deployed(self, app_name: str, model: str, input_type: str, slo_ms: float | None,
-                             default_output: Any) -> None:
-        """``deploy(..., app=NAME)``: register the app when missing, set its SLO, link the model."""
-        target = self.registry.apps.get(app_name)
-        if target is None:
+                             default_output: Any) -> dict | None:
+        """``deploy(..., app=NAME)``: register the app when missing, set its SLO, link the
+        model; the new app's description when it was created here (else None)."""
+        current = self.registry.apps.get(app_name)
+        if current is None:
             default_slo = self.config.default_slo_ms
             target = App(name=app_name, input_type=input_type, default_output=default_output,
                          slo_ms=check_slo(slo_ms if slo_ms is not None else default_slo))
-            self.registry.add_app(target, make_policy(target))
-        elif slo_ms is not None:
-            target.slo_ms = slo_ms  # checked on the way in
+        else:  # changed on a copy, served once written
+            target = App(**{**current.__dict__, "models": list(current.models)})
+            if slo_ms is not None:
+                target.slo_ms = slo_ms  # checked on the way in
         if model not in target.models:
             target.models.append(model)
         await self._db(self.store.save_app, target.to_json())
+        policy = make_policy(target) if current is None else self.registry.policies[app_name]
+        self.registry.add_app(target, policy)
+        if current is None:
+            return {"name": app_name, "slo_ms": target.slo_ms, "policy": target.policy,
+                    "input_type": target.input_type}
+        return None
 
     async def _activate(self, spec: dict, vspec: dict) -> None:
         """Start ``vspec``'s replicas, then swap it in and stop the old version."""
         name = spec["name"]
-        version = self._new_version(spec, vspec)
+        version = await self._new_version(spec, vspec)
         try:
             await version.start(spec["replicas"])
         except BaseException:
@@ -214,12 +236,8 @@ class ModelManager:
             self.retiring.discard(version)
             await version.stop()
 
-    def _new_version(self, spec: dict, vspec: dict) -> ModelVersion:
-        name = spec.get("backend") or DEFAULT_BACKEND
-        backend = self.backends.get(name)
-        if backend is None:
-            raise Unavailable(f"model {spec['name']!r} runs on the replica backend {name!r}, which this "
-                              "server does not have", f"backends: {', '.join(sorted(self.backends)) or 'none'}")
+    async def _new_version(self, spec: dict, vspec: dict) -> ModelVersion:
+        backend = await self.pool.for_spec(spec)
         return ModelVersion(backend, self._version_config(spec, vspec), self.metrics)
 
     def _version_config(self, spec: dict, vspec: dict) -> ModelVersionConfig:
@@ -238,7 +256,7 @@ class ModelManager:
             objective_s=self.objective(spec["name"], delay),
             cache_bytes=config.cache_bytes, start_timeout_s=config.start_timeout_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s, hang_timeout_s=config.hang_timeout_s,
-            env=dict(config.worker_env), preload=_preload_modules(vspec),
+            hang_factor=config.hang_factor, env=dict(config.worker_env), preload=_preload_modules(vspec),
         )
 
     # ---------------------------------------------------------------- batch objective
@@ -309,7 +327,8 @@ class ModelManager:
             "input_type": current.get("input_type"), "input_shape": current.get("input_shape"),
             "replicas": spec["replicas"],
             "replicas_up": sum(1 for r in version.status() if r["state"] in ("idle", "busy")) if version else 0,
-            "device": spec.get("device"), "batch_size": spec.get("batch_size"),
+            "device": spec.get("device"), "backend": self.pool.name_of(spec), "resources": spec.get("resources"),
+            "batch_size": spec.get("batch_size"),
             "max_batch_size": spec.get("max_batch_size"), "batch_delay_ms": spec.get("batch_delay_ms"),
             "apps": [a.name for a in self.registry.linked_apps(name)],
             "library_versions": current.get("versions"), "error": self.restore_errors.get(name),
@@ -324,6 +343,72 @@ class ModelManager:
 
     def worker_pids(self) -> list[int]:
         return [pid for v in self.running.values() for pid in v.pids()]
+
+
+class BackendPool:
+    """The engine's replica backends by name (``backends``, the engine's own dict), and the
+    one that is created the first time a model asks for it (:data:`LAZY_BACKENDS`)."""
+
+    def __init__(self, backends: dict[str, ReplicaBackend], config: ClipperNB,
+                 make_backend: Callable[[str], ReplicaBackend] | None) -> None:
+        self.backends = backends
+        self.config = config
+        self._make_backend = make_backend
+        self._creating: dict[str, asyncio.Task] = {}
+
+    def name_of(self, spec: dict | None) -> str:
+        """The backend a model runs on: its own choice, else the ``default_backend`` knob."""
+        return (spec or {}).get("backend") or self.config.default_backend or DEFAULT_BACKEND
+
+    def names(self) -> list[str]:
+        """Every backend a model may choose: those running and those created on demand."""
+        lazy = LAZY_BACKENDS if self._make_backend is not None else ()
+        return sorted({*self.backends, *lazy})
+
+    def check_placement(self, name: str, backend: str | None, current: dict | None,
+                        resources: dict[str, float] | None) -> dict[str, float] | None:
+        """A deploy's custom resources, checked: ``{name: amount}``, and only for Ray replicas."""
+        if resources is None:
+            return None
+        if not isinstance(resources, dict) or not resources:
+            raise BadInput("resources must be a non-empty object {name: amount}", 'e.g. {"gpu_node": 1}')
+        checked = {}
+        for key, amount in resources.items():
+            if not isinstance(key, str) or not key.strip():
+                raise BadInput(f"resources names must be non-empty strings, got {key!r}")
+            checked[key] = _check_number(f"resources[{key!r}]", amount, 0, 1_000_000)
+        effective = backend or self.name_of(current)
+        if effective != "ray":
+            raise BadInput(f"resources place replicas on a Ray cluster; model {name!r} would run on the "
+                           f"{effective!r} backend", "deploy with backend='ray' (or drop resources)")
+        return checked
+
+    async def for_spec(self, spec: dict) -> ReplicaBackend:
+        """The backend ``spec`` runs on (created and started when first asked for), placed
+        with the model's own ``resources`` where the backend places replicas on a cluster."""
+        name = self.name_of(spec)
+        backend = self.backends.get(name)
+        if backend is None:
+            if self._make_backend is None or name not in LAZY_BACKENDS:
+                raise Unavailable(f"model {spec['name']!r} runs on the replica backend {name!r}, which this "
+                                  "server does not have", f"backends: {', '.join(self.names()) or 'none'}")
+            task = self._creating.get(name)
+            if task is None:  # concurrent restores of several models share one start
+                task = self._creating[name] = asyncio.ensure_future(self._create(name))
+                task.add_done_callback(lambda _t: self._creating.pop(name, None))
+            backend = await asyncio.shield(task)
+        resources = spec.get("resources")
+        place = getattr(backend, "placement", None)
+        return place(resources) if resources and place is not None else backend
+
+    async def _create(self, name: str) -> ReplicaBackend:
+        assert self._make_backend is not None
+        backend = self._make_backend(name)
+        started = time.monotonic()
+        await backend.start()  # raises (Unavailable) when it cannot, leaving nothing behind
+        self.backends[name] = backend
+        log.info("replica backend %r started in %.1f s", name, time.monotonic() - started)
+        return backend
 
 
 def _next_version(name: str, versions: dict[str, dict], version: str | None) -> str:
@@ -350,7 +435,11 @@ def _model_spec(current: dict | None, name: str, options: dict) -> dict:
         if options[key] is not None or key not in spec:
             spec[key] = options[key]
     if options["backend"] is not None:
+        if options["backend"] != spec.get("backend"):
+            spec.pop("resources", None)  # another backend's placement does not carry over
         spec["backend"] = options["backend"]
+    if options.get("resources") is not None:
+        spec["resources"] = options["resources"]
     return spec
 
 

@@ -11,9 +11,32 @@ One query goes through four steps:
    arrived with its confidence, or, when nothing arrived, the app's default output with
    ``"default": true`` and a ``default_explanation``.
 
+The **confidence** is the agreement over the whole chosen ensemble: the weight of the
+models whose reply agrees with the answer over the weight of every model the query was
+sent to. A model that missed the deadline, raised or is not running counts as
+disagreeing, so one reply out of five equally weighted models is 0.2, not 1.0, and a
+``confidence_threshold`` catches answers depleted by stragglers.
+
 What a policy can do is read from the policy (``adaptive``, ``picks_one``,
-``combines``), never from its name. Feedback (Clipper's ``update``) joins a label with
-each linked model's prediction for the input, from the cache where the query left it.
+``combines``), never from its name.
+
+**Feedback** (Clipper's ``update``) joins a label with the predictions for the input,
+from the cache where the query left them. An adaptive policy's query records its
+:class:`~clipper_nb.selection.state.Choice` for the input (a one-model policy always;
+an ensemble only when a model failed): the models asked, the probability each was drawn
+with (Exp3), and the ones that failed. Feedback then
+
+* counts **loss 1** for each chosen model that failed on the query (raised, missed the
+  deadline, was not running): a hard failure has no prediction to compare, and is the
+  worst answer the model could have given. It is counted at feedback, with the other
+  losses, so a failure weighs exactly as much as a wrong answer would, at the rate
+  feedback arrives;
+* evaluates only the models it needs: the chosen model for a one-model policy, every
+  linked model that did not fail for an ensemble, every linked model when the choice
+  is unknown (then the update is full information, never importance-weighted);
+* counts loss 1 for a model it evaluates that raises (a ``ModelError``); a model that
+  cannot answer (not running, too slow) is left out;
+* updates the app-wide state and the context's with the draw's probabilities.
 """
 
 from __future__ import annotations
@@ -28,9 +51,15 @@ from typing import Any
 from clipper_nb.abstraction.model_version import ModelVersion
 from clipper_nb.engine.registry import App, Db, Registry
 from clipper_nb.engine.store import Store
-from clipper_nb.errors import BadInput, Conflict, DeadlineMissed, ModelError, Unavailable
+from clipper_nb.errors import (
+    BadInput,
+    Conflict,
+    DeadlineMissed,
+    ModelError,
+    Unavailable,
+)
 from clipper_nb.selection import policies as selection
-from clipper_nb.selection.state import SelectionStates
+from clipper_nb.selection.state import CHOICE_PREFIX, Choice, SelectionStates
 from clipper_nb.wire.codec import decode_input, input_digest, to_jsonable
 
 __all__ = ["WAIT_WITHOUT_MITIGATION_S", "QueryPath"]
@@ -54,6 +83,8 @@ class _Query:
     start: float
     deadline: float
     chosen: list[str] = field(default_factory=list)
+    #: what an adaptive policy drew (None: the policy does not adapt, nothing is recorded)
+    draw: selection.Draw | None = None
     futures: dict[str, asyncio.Future] = field(default_factory=dict)
 
     @property
@@ -82,6 +113,7 @@ class QueryPath:
         """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``)."""
         start = asyncio.get_running_loop().time()
         app = self.registry.app(app_name)
+        _check_context(context)
         x = decode_input(app.input_type, x, self.registry.expected_shape(app))
         return await self._answer(app, x, context, start, start + app.slo_s)
 
@@ -89,6 +121,7 @@ class QueryPath:
         """Answer each row as its own query; all rows share the arrival time and deadline."""
         start = asyncio.get_running_loop().time()
         app = self.registry.app(app_name)
+        _check_context(context)
         if not isinstance(xs, list) or not xs:
             raise BadInput("'input_batch' must be a non-empty list of inputs")
         if len(xs) > self.max_batch_rows:
@@ -112,21 +145,36 @@ class QueryPath:
         q.chosen = self._select(q)
         q.futures = self._submit(q)
         if not q.futures:
+            self._remember(q, {})
             return self._default(app, qid, start, f"model(s) {', '.join(q.chosen)} are not running")
         cache_hit = all(f.done() for f in q.futures.values())
         await self._wait(q)
         outputs, failures = _settled(q.futures)
+        self._remember(q, outputs)
         if not outputs:
             return self._no_answer(q, failures)
-        if q.policy.picks_one and q.chosen:  # so that feedback on x can name the chosen model
-            self.states.remember_choice(app.name, input_digest(x), q.chosen[0])
         return self._assemble(q, outputs, cache_hit)
 
     def _select(self, q: _Query) -> list[str]:
         """The models to ask; a policy that does not adapt neither reads nor creates a state."""
         if not q.policy.adaptive:
             return q.policy.select(q.policy.init_state(q.app.models), self._rng)
-        return q.policy.select(self._state(q.app, q.context), self._rng)
+        q.draw = q.policy.draw(self._state(q.app, q.context), self._rng)
+        return list(q.draw.models)
+
+    def _remember(self, q: _Query, outputs: dict[str, Any]) -> None:
+        """Record what an adaptive policy chose for ``q.x`` and which chosen models failed,
+        for feedback on x: always for a one-model policy (the chosen model and its
+        probability), for an ensemble only when a model failed (it learns from every
+        model anyway)."""
+        if q.draw is None:
+            return
+        failed = tuple(m for m in q.chosen if m not in outputs)
+        digest = input_digest(q.x)
+        if q.policy.picks_one or failed:
+            self.states.remember_choice(q.app.name, digest, Choice(q.draw, failed))
+        else:
+            self.states.forget_choice(q.app.name, digest)
 
     def _submit(self, q: _Query) -> dict[str, asyncio.Future]:
         """Hand the input to each chosen model that runs; its future may be done (a cache hit)."""
@@ -163,7 +211,7 @@ class QueryPath:
             result["output"] = next(iter(outputs.values()))
             result["default"] = False
         else:
-            combined = q.policy.combine(self._state(app, q.context), outputs)
+            combined = q.policy.combine(self._state(app, q.context), outputs, q.chosen)
             result.update(output=combined.output, default=False, confidence=combined.confidence,
                           models_used=combined.models_used)
             missing = [m for m in q.chosen if m not in outputs]
@@ -208,16 +256,19 @@ class QueryPath:
 
     # ---------------------------------------------------------------- feedback
     async def feedback(self, app_name: str, x: Any, label: Any, context: str | None = None) -> dict:
-        """Clipper's ``update``: join ``label`` with each linked model's prediction for ``x``
-        (from the cache, computed on a miss), compute losses, update the selection state."""
+        """Clipper's ``update``: join ``label`` with the predictions for ``x`` that the
+        app's policy learns from (from the cache, computed on a miss), count loss 1 for
+        the chosen models that failed on the query, update the selection state."""
         app = self.registry.app(app_name)
         if not app.models:
             raise Conflict(f"application {app_name!r} has no linked model to give feedback on")
+        _check_context(context)
         x = decode_input(app.input_type, x, self.registry.expected_shape(app))
-        losses = await self._losses(app, x, label)
         policy = self.registry.policies[app_name]
-        chosen = self.states.chosen(app_name, input_digest(x))
-        outcome = self.states.apply_feedback(app_name, app.models, policy, losses, chosen, context)
+        choice = self._choice(app, policy, x)
+        losses = await self._losses(app, x, label, choice)
+        outcome = self.states.apply_feedback(app_name, app.models, policy, losses,
+                                             None if choice is None else choice.draw, context)
         if outcome.evicted:
             await self._db(self.store.delete_contexts, app_name, outcome.evicted)
         for ctx, state in outcome.states.items():
@@ -229,8 +280,19 @@ class QueryPath:
         return {"app": app_name, "context": context, "losses": losses, "weights": _normalised(final.log_weights),
                 "probabilities": policy.probabilities(final), "updates": final.updates}
 
-    async def _losses(self, app: App, x: Any, label: Any) -> dict[str, float]:
-        """Each linked model's loss on ``(x, label)``; models that cannot predict x are left out."""
+    def _choice(self, app: App, policy: selection.Policy, x: Any) -> Choice | None:
+        """The recorded choice for ``x``; None when there is none, or when none of its
+        models is still linked (the feedback is then full information)."""
+        choice = self.states.chosen(app.name, input_digest(x)) if policy.adaptive else None
+        if choice is None or not set(choice.draw.models) & set(app.models):
+            return None
+        return choice
+
+    async def _losses(self, app: App, x: Any, label: Any, choice: Choice | None) -> dict[str, float]:
+        """The losses feedback on ``(x, label)`` learns from: 1 for each chosen model that
+        failed on the query, and the loss of each model it needs to evaluate (see
+        :func:`_to_evaluate`); a model that raises on x counts 1, one that cannot answer
+        is left out."""
         loss_fn = selection.make_loss(app.loss, app.loss_scale)
         if app.loss == "abs" and not isinstance(label, (int, float)):
             raise BadInput(f"label must be a number for loss 'abs', got {type(label).__name__}")
@@ -238,11 +300,14 @@ class QueryPath:
             raise BadInput("label must be a class, a number or a list", f"got {type(label).__name__}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(app.slo_s, FEEDBACK_MIN_WAIT_S)
-        futures = {m: self.running[m].submit(x, deadline, use_cache=True) for m in app.models if m in self.running}
+        futures = {m: self.running[m].submit(x, deadline, use_cache=True)
+                   for m in _to_evaluate(app, self.registry.policies[app.name], choice) if m in self.running}
         if futures:
             await asyncio.wait(list(futures.values()), timeout=max(0.0, deadline - loop.time()))
-        losses = {m: _loss(app, m, loss_fn, to_jsonable(f.result()), label)
-                  for m, f in futures.items() if f.done() and f.exception() is None}
+        losses = dict.fromkeys((m for m in choice.failed if m in app.models), 1.0) if choice else {}
+        outputs, failures = _settled(futures)
+        losses.update({m: _loss(app, m, loss_fn, to_jsonable(y), label) for m, y in outputs.items()})
+        losses.update({m: 1.0 for m, e in failures.items() if isinstance(e, ModelError)})
         if not losses:
             raise Unavailable(f"no model linked to {app.name!r} could predict this input; feedback not recorded",
                               "check the models' status and send the feedback again")
@@ -256,6 +321,20 @@ class QueryPath:
         return {"app": app.name, "context": context, "policy": app.policy, "weights": _normalised(state.log_weights),
                 "probabilities": policy.probabilities(state), "counts": state.counts, "cum_loss": state.cum_loss,
                 "updates": state.updates, "contexts": self.states.contexts(app.name)}
+
+
+def _to_evaluate(app: App, policy: selection.Policy, choice: Choice | None) -> list[str]:
+    """The linked models whose prediction feedback needs: a one-model policy's chosen
+    model when the choice is known, else every model; never one that failed on the query."""
+    failed = set(choice.failed) if choice is not None else set()
+    if choice is not None and policy.picks_one:
+        return [m for m in choice.draw.models if m in app.models and m not in failed]
+    return [m for m in app.models if m not in failed]
+
+
+def _check_context(context: str | None) -> None:
+    if context is not None and context.startswith(CHOICE_PREFIX):
+        raise BadInput(f"a context must not start with {CHOICE_PREFIX!r}", "that prefix is reserved")
 
 
 def _settled(futures: dict[str, asyncio.Future]) -> tuple[dict[str, Any], dict[str, BaseException]]:

@@ -177,8 +177,8 @@ class AppManager:
                 self.registry.require_model(m)
                 if m not in app.models:
                     app.models.append(m)
+            await self._db(self.store.save_app, app.to_json())  # durable first: a failed write changes nothing
             self.registry.add_app(app, policy_obj)
-            await self._db(self.store.save_app, app.to_json())
             self._retune(app.models)
             return self.registry.describe_app(name)
 
@@ -190,30 +190,27 @@ class AppManager:
             if unknown:
                 raise BadInput(f"unknown application setting(s): {', '.join(sorted(unknown))}",
                                f"settable: {', '.join(sorted(APP_FIELDS))}")
-            old = App(**app.__dict__)
-            try:
-                _apply_changes(app, changes)
-                policy_changed = (app.policy, app.policy_options) != (old.policy, old.policy_options)
-                policy_obj = make_policy(app) if policy_changed else self.registry.policies[name]
-            except Exception:
-                self.registry.apps[name] = old  # all or nothing: no half-applied change stays live
-                raise
-            self.registry.policies[name] = policy_obj
+            # All or nothing: the change is made on a copy, written, and only then served.
+            new = App(**{**app.__dict__, "models": list(app.models)})
+            _apply_changes(new, changes)
+            policy_changed = (new.policy, new.policy_options) != (app.policy, app.policy_options)
+            policy_obj = make_policy(new) if policy_changed else self.registry.policies[name]
+            await self._db(self.store.save_app, new.to_json())
             if policy_changed:  # weights of another policy mean something else: start afresh
-                self.states.forget(name)
                 await self._db(self.store.delete_selection, name)
-            await self._db(self.store.save_app, app.to_json())
-            self._retune(app.models)
+                self.states.forget(name)
+            self.registry.add_app(new, policy_obj)
+            self._retune(new.models)
             return self.registry.describe_app(name)
 
     async def delete_app(self, name: str) -> None:
         async with self._lock:
             app = self.registry.app(name)
+            await self._db(self.store.delete_app, name)
             del self.registry.apps[name]
             self.registry.policies.pop(name, None)
             self.states.forget(name)
             self.metrics.forget_app(name)
-            await self._db(self.store.delete_app, name)
             self._retune(app.models)
 
     async def link(self, app_name: str, model: str) -> dict:
@@ -221,8 +218,8 @@ class AppManager:
             app = self.registry.app(app_name)
             self.registry.require_model(model)
             if model not in app.models:
+                await self._db(self.store.save_app, {**app.to_json(), "models": [*app.models, model]})
                 app.models.append(model)
-                await self._db(self.store.save_app, app.to_json())
             self._retune([model])
             return self.registry.describe_app(app_name)
 
@@ -232,8 +229,8 @@ class AppManager:
             if model not in app.models:
                 raise NotFound(f"model {model!r} is not linked to application {app_name!r}",
                                f"linked: {', '.join(app.models) or 'none'}")
+            await self._db(self.store.save_app, {**app.to_json(), "models": [m for m in app.models if m != model]})
             app.models.remove(model)
-            await self._db(self.store.save_app, app.to_json())
             self._retune([model])
             return self.registry.describe_app(app_name)
 

@@ -182,13 +182,13 @@ def render_page(spec: PageSpec, interval_ms: int = POLL_INTERVAL_MS, history_s: 
     notes: dict[str, Any] = {}
     sections = []
     for a in spec.apps:
-        plots = PlotSet(history_s=history_s, width=440, height=210, name_prefix=f"{a.name}|")
+        plots = PlotSet(history_s=history_s, width=440, height=210, name_prefix=f"{a.name}|", shared_x=True)
         for model, rep in a.replicas:
             plots.source_for(f"batch/{model}/{rep}")
         for model in a.models:
             plots.source_for(f"weights/{model}")
         sources.update({f"{a.name}|{k}": s for k, s in plots.sources.items()})
-        notes[a.name] = plots.weights_note
+        notes[a.name] = plots.notes
         headers[a.name] = Div(text=header_html(a.name, {}), name=f"{a.name}|header")
         f = plots.figures
         sections.append(column(headers[a.name], row(f["latency"], f["throughput"], f["batch"]),
@@ -248,7 +248,8 @@ function draw(app, streams) {
     for (const [name, values] of Object.entries(columns)) data[name] = values.map((v) => (v === null ? NaN : v));
     src.stream(data, history_s);
     streamed = true;
-    if (key.startsWith("weights/")) notes[app].visible = false;
+    const note = notes[app][key.split("/")[0]];  // "no traffic yet" goes with the first point
+    if (note !== undefined) note.visible = false;
   }
   return streamed;
 }

@@ -10,20 +10,30 @@ in a Jupyter config::
 
 Settings of this command alone (address, token, log level) are traits of
 :class:`ServeApp` (``c.ServeApp.port = 1337``).
+
+The token comes from ``$CLIPPER_NB_TOKEN`` or ``--token-file`` (a file only its owner
+reads), or ``--token`` (which every local user sees in ``ps``: a warning says so); with
+none, one is generated and printed once. An empty one is an error, never "no
+authentication". Log lines never show it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import resource
 import signal
+import stat
+import sys
 from typing import Any
 
 from traitlets import Bool, CaselessStrEnum, Integer, Unicode, Union, validate
 from traitlets.config import Application, catch_config_error
 
 from clipper_nb.config import ClipperNB
+from clipper_nb.errors import ClipperError
 from clipper_nb.frontend.server import Server
 
 __all__ = ["ServeApp"]
@@ -58,7 +68,9 @@ class ServeApp(Application):
     description = ("Run a standalone clipper-nb frontend: the Clipper query API, the management API "
                    "and the metrics API, behind a token, on one port.")
     examples = """\
-clipper-nb serve --port 1337 --state-dir ./clipper-state --public-predict
+CLIPPER_NB_TOKEN=$(cat ~/.clipper-token) clipper-nb serve --port 1337 --state-dir ./clipper-state
+clipper-nb serve --token-file ~/.clipper-token --public-predict     # a file only you can read (chmod 600)
+clipper-nb serve --port 1337 --state-dir ./clipper-state --public-predict     # generates and prints a token
 clipper-nb serve --ClipperNB.batch_delay_ms=0 --ClipperNB.worker_env OMP_NUM_THREADS=1
 clipper-nb serve --config=clipper_nb_config.py     # c.ClipperNB.default_slo_ms = 50
 """
@@ -108,22 +120,60 @@ clipper-nb serve --config=clipper_nb_config.py     # c.ClipperNB.default_slo_ms 
         self.update_config(self.cli_config)  # the command line wins over the file
 
     def _token(self) -> str | None:
+        """The flag's, else ``$CLIPPER_NB_TOKEN``'s, else the token file's; None: generate one."""
         # Taken out of the environment either way: the workers this server starts inherit it.
         from_env = os.environ.pop(ENV_TOKEN, None)
-        if self.token:
-            return self.token
-        if from_env:
-            return from_env
+        if self.token is not None:
+            token = self._nonempty(self.token, "--token")
+            if any(token in arg for arg in sys.argv):
+                self.log.warning("the token is on the command line, where every local user can read it (ps): "
+                                 "pass it in $%s or --token-file instead", ENV_TOKEN)
+            return token
+        if from_env is not None:
+            return self._nonempty(from_env, f"${ENV_TOKEN}")
         if self.token_file:
-            with open(self.token_file) as f:
-                return f.read().strip() or None
+            return self._nonempty(self._read_token_file(), f"token file {self.token_file}")
         return None
+
+    def _nonempty(self, token: str, where: str) -> str:
+        token = token.strip()
+        if not token:
+            self.log.critical("%s is empty: an empty token would turn authentication off. "
+                              "Give a token, or none at all to have one generated.", where)
+            self.exit(2)
+        return token
+
+    def _read_token_file(self) -> str:
+        try:
+            with open(self.token_file) as f:
+                mode = os.fstat(f.fileno()).st_mode
+                token = f.read()
+        except OSError as e:
+            self.log.critical("cannot read the token file: %s", e)
+            self.exit(2)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            self.log.warning("token file %s is readable by other users: chmod 600 it", self.token_file)
+        return token
 
     def start(self) -> None:
         logging.basicConfig(level=self.log_level, format="%(asctime)s %(name)s %(message)s")
         token = self._token()
+        _raise_open_file_limit()
         server = Server(host=self.host, port=self.port, token=token, **self.knobs.trait_values(config=True))
-        asyncio.run(self._serve(server, announce_token=not token))
+        redact = _Redact(server.token)
+        for handler in [*logging.getLogger().handlers, *self.log.handlers]:
+            handler.addFilter(redact)
+        try:
+            asyncio.run(self._serve(server, announce_token=not token))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+            self.log.critical("cannot listen on %s:%s: the port is in use (another clipper-nb serve?): "
+                              "stop it, or pick another --port", self.host, self.port)
+            self.exit(1)
+        except ClipperError as e:  # e.g. another server holds the state directory
+            self.log.critical("%s", e)
+            self.exit(1)
 
     async def _serve(self, server: Server, announce_token: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -137,3 +187,28 @@ clipper-nb serve --config=clipper_nb_config.py     # c.ClipperNB.default_slo_ms 
               flush=True)
         await server.wait_stopped()
 
+
+class _Redact(logging.Filter):
+    """Replaces the token wherever a log line would show it."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, "REDACTED"), None
+        return True
+
+
+def _raise_open_file_limit(target: int = 65536) -> None:
+    """Room for many connections (``max_connections`` stays below the limit): the soft
+    open-file limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass

@@ -9,18 +9,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import secrets
 import time
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import requests
+import urllib3
 
 from clipper_nb.errors import (BadInput, ClipperError, Conflict, DeployError, Forbidden, ModelError, NotFound,
                                PayloadTooLarge, Unauthorized, Unavailable, UserError)
-from clipper_nb.kernel.discovery import discover
+from clipper_nb.kernel.discovery import discover, start_embedded
+from clipper_nb.kernel.endpoint import Endpoint, with_progress
 from clipper_nb.wire import artifact
 from clipper_nb.wire.codec import to_jsonable
 
@@ -37,31 +41,64 @@ class Client:
     :mod:`clipper_nb.errors` with the server's message.
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0, retry_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        #: how long a request keeps retrying while the server cannot be reached (a restart)
+        self.retry_s = retry_s
         self._session = requests.Session()
         self._token = token
         if token:
             self._session.headers["Authorization"] = f"token {token}"
+        else:
+            # A token-less Jupyter (--IdentityProvider.token=) still checks XSRF on POST,
+            # PATCH and DELETE without an Authorization header; a cookie and a header that
+            # match pass it (what a browser does). Other servers ignore both.
+            xsrf = secrets.token_hex(16)
+            self._session.headers.update({"X-XSRFToken": xsrf, "Cookie": f"_xsrf={xsrf}"})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers that authenticate a raw HTTP call (``requests``, ``curl``) to this server.
+
+        >>> requests.post(f"{c.url}/digits/predict", json={"input": x}, headers=c.headers)  # doctest: +SKIP
+        """
+        keys = ("Authorization", "X-XSRFToken", "Cookie")
+        return {k: v for k, v in self._session.headers.items() if k in keys}
 
     def __repr__(self) -> str:  # never show the token
         return f"<clipper_nb.Client {self.url}>"
 
     # ------------------------------------------------------------------ plumbing
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict, timeout: float,
+              params: dict | None, idempotent: bool) -> requests.Response:
+        """One HTTP request, retried for up to ``retry_s`` while the server cannot be reached
+        (a restart): always when the connection was refused (nothing was sent), and for an
+        idempotent request (a query) also when the connection broke mid-way."""
+        give_up = time.monotonic() + self.retry_s
+        for attempt in itertools.count():
+            try:
+                return self._session.request(method, f"{self.url}/{path}", data=body, headers=headers,
+                                             timeout=timeout, params=params)
+            except requests.ConnectionError as e:
+                refused = isinstance(getattr(e.args[0] if e.args else None, "reason", None),
+                                     urllib3.exceptions.NewConnectionError)
+                if not (refused or idempotent) or time.monotonic() >= give_up:
+                    raise ClipperError(f"cannot reach clipper-nb at {self.url}",
+                                       "is the server running? start one with `clipper-nb serve` or %clipper start"
+                                       ) from e
+                time.sleep(min(0.05 * 2 ** attempt, 1.0, max(0.0, give_up - time.monotonic())))
+        raise AssertionError("unreachable")
+
     def _request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
-                 headers: dict | None = None, timeout: float | None = None, params: dict | None = None) -> Any:
+                 headers: dict | None = None, timeout: float | None = None, params: dict | None = None,
+                 idempotent: bool = False) -> Any:
         body = data
         hdrs = dict(headers or {})
         if json_body is not None:
             body = json.dumps(to_jsonable(json_body)).encode()
             hdrs["Content-Type"] = "application/json"
-        try:
-            r = self._session.request(method, f"{self.url}/{path}", data=body, headers=hdrs,
-                                      timeout=timeout or self.timeout, params=params)
-        except requests.ConnectionError as e:
-            raise ClipperError(f"cannot reach clipper-nb at {self.url}",
-                               "is the server running? start one with `clipper-nb serve` or %clipper start") from e
+        r = self._send(method, path, body, hdrs, timeout or self.timeout, params, idempotent)
         try:
             payload = r.json()
         except ValueError:
@@ -118,21 +155,39 @@ class Client:
                device: str = "auto", method: str | None = None, batch_size: int | None = None,
                max_batch_size: int | None = None, slo_ms: float | None = None, *,
                input_type: str | None = None, batch_delay_ms: float | None = None, default_output: Any = None,
+               backend: str | None = None, resources: dict[str, float] | None = None,
                timeout: float = 300.0) -> dict:
         """Deploy a live object (scikit-learn estimator, ``torch.nn.Module`` or a function
         ``batch -> list of outputs``) as a new version of model ``name``; returns once every
         replica has loaded it. ``app=...`` registers the app when missing and links it.
-        ``replicas=None`` keeps the current version's replica count (1 for a new model)."""
+        ``replicas=None`` keeps the current version's replica count (1 for a new model).
+        ``backend="ray"`` runs the replicas as Ray actors on the server's Ray cluster
+        (default: the model's current backend, else the server's ``default_backend``);
+        ``resources={"gpu_node": 1}`` adds custom Ray resources each replica asks for.
+
+        Returns an :class:`~clipper_nb.kernel.endpoint.Endpoint`: the model's description
+        (a dict) that a notebook shows as an endpoint card, with ``.logs()``,
+        ``.dashboard()``, ``.rollback(v)`` and ``.undeploy()``; ``["app_created"]`` says
+        when ``app`` did not exist and was created."""
         payload, meta = artifact.package(obj, method)
         spec: dict[str, Any] = {"name": name, "meta": meta, "device": device}
         for key, value in (("version", version), ("replicas", replicas), ("app", app), ("batch_size", batch_size),
                            ("max_batch_size", max_batch_size), ("slo_ms", slo_ms), ("input_type", input_type),
-                           ("batch_delay_ms", batch_delay_ms), ("default_output", default_output)):
+                           ("batch_delay_ms", batch_delay_ms), ("default_output", default_output),
+                           ("backend", backend), ("resources", resources)):
             if value is not None:
                 spec[key] = str(value) if key == "version" else value
-        return self._request("POST", "api/models", data=payload, timeout=timeout,
-                             headers={"Content-Type": "application/octet-stream",
-                                      "X-Clipper-Deploy": json.dumps(to_jsonable(spec))})
+        described = with_progress(f"deploying {name}", lambda: self._request(
+            "POST", "api/models", data=payload, timeout=timeout,
+            headers={"Content-Type": "application/octet-stream", "X-Clipper-Deploy": json.dumps(to_jsonable(spec))}))
+        return Endpoint(self, described)
+
+    def logs(self, model: str, tail: int = 20_000) -> str:
+        """What ``model``'s replicas printed (the last ``tail`` bytes of each log), tracebacks included."""
+        found = self._request("GET", f"api/models/{quote(model)}/logs", params={"tail": tail})
+        parts = [f"--- {model} v{found['version']} replica {r['replica']} ---\n{r['log'].rstrip()}"
+                 for r in found["replicas"]]
+        return "\n".join(parts) if parts else f"(no replica logs of {model} v{found['version']} on this server)"
 
     def model(self, name: str) -> dict:
         return self._request("GET", f"api/models/{quote(name)}")
@@ -153,14 +208,14 @@ class Client:
         body: dict[str, Any] = {"input": x}
         if context is not None:
             body["context"] = context
-        return self._request("POST", f"{quote(app)}/predict", json_body=body)
+        return self._request("POST", f"{quote(app)}/predict", json_body=body, idempotent=True)
 
     def predict_batch(self, app: str, xs: Any, context: str | None = None) -> list[dict]:
         """Many queries in one request: one result dict per row."""
         body: dict[str, Any] = {"input_batch": list(xs) if not isinstance(xs, np.ndarray) else xs}
         if context is not None:
             body["context"] = context
-        return self._request("POST", f"{quote(app)}/predict", json_body=body)["batch_predictions"]
+        return self._request("POST", f"{quote(app)}/predict", json_body=body, idempotent=True)["batch_predictions"]
 
     def feedback(self, app: str, x: Any, label: Any, context: str | None = None) -> dict:
         """Clipper's update: the true ``label`` for ``x``; returns losses and new weights."""
@@ -178,21 +233,21 @@ class Client:
 
         rows = self._request("GET", "api/apps")["apps"]
         cols = ["name", "input_type", "slo_ms", "policy", "models", "default_output", "cache"]
-        return pd.DataFrame(rows, columns=cols + [c for c in (rows[0] if rows else {}) if c not in cols])
+        return _with_times(pd.DataFrame(rows, columns=cols + [c for c in (rows[0] if rows else {}) if c not in cols]))
 
     def models(self):
         import pandas as pd
 
         rows = self._request("GET", "api/models")["models"]
-        cols = ["name", "version", "versions", "kind", "replicas", "replicas_up", "device", "apps"]
-        return pd.DataFrame(rows, columns=cols + [c for c in (rows[0] if rows else {}) if c not in cols])
+        cols = ["name", "version", "versions", "kind", "replicas", "replicas_up", "device", "backend", "apps"]
+        return _with_times(pd.DataFrame(rows, columns=cols + [c for c in (rows[0] if rows else {}) if c not in cols]))
 
     def status(self):
         import pandas as pd
 
         rows = self._request("GET", "api/status")["replicas"]
-        return pd.DataFrame(rows, columns=["model", "version", "replica", "state", "pid", "device", "batch_cap",
-                                           "restarts", "last_error"])
+        return pd.DataFrame(rows, columns=["model", "version", "replica", "state", "backend", "node", "pid", "device",
+                                           "batch_cap", "restarts", "last_error"])
 
     def metrics(self, since: float | None = None) -> dict:
         return self._request("GET", "api/metrics", params={"since": since} if since is not None else None)
@@ -221,11 +276,26 @@ class Client:
             time.sleep(0.2)
 
 
-def connect(url: str | None = None, token: str | None = None) -> Client:
+def _with_times(frame: Any) -> Any:
+    """``created`` (seconds since the epoch on the wire) as UTC timestamps a person can read."""
+    if "created" in frame.columns:
+        import pandas as pd
+
+        frame["created"] = pd.to_datetime(frame["created"], unit="s", utc=True).dt.tz_convert(None).dt.floor("s")
+    return frame
+
+
+def connect(url: str | None = None, token: str | None = None, *, start: bool = True) -> Client:
     """Connect to a clipper-nb frontend.
 
-    With no ``url``: ``$CLIPPER_NB_URL``/``$CLIPPER_NB_TOKEN``, then the Jupyter server
-    that started this kernel (its clipper extension), then the last ``%clipper start``.
+    With no ``url``: ``$CLIPPER_NB_URL``/``$CLIPPER_NB_TOKEN``, then the server this
+    process started (``%clipper start``), then the Jupyter server that started this
+    kernel (its clipper extension). When there is none (a plain kernel, VS Code,
+    nbconvert) and ``start`` is true, a server owned by this process is started on a
+    free loopback port (it stops when the process exits) and one line says so.
+
+    >>> c = clipper_nb.connect()                                   # doctest: +SKIP
+    clipper-nb: no server found; started one at http://127.0.0.1:40123 (stops with this kernel)
     """
     if url is None:
         url = os.environ.get("CLIPPER_NB_URL")
@@ -235,6 +305,10 @@ def connect(url: str | None = None, token: str | None = None) -> Client:
         found = discover()
         if found is not None:
             url, token = found["url"], token or found.get("token")
+    if url is None and start:
+        server = start_embedded()
+        print(f"clipper-nb: no server found; started one at {server.url} (stops with this kernel)", flush=True)
+        url, token = server.url, server.token
     if url is None:
         raise ClipperError("no clipper-nb server found",
                            "pass connect(url, token=...), set CLIPPER_NB_URL, or run %clipper start")

@@ -52,6 +52,7 @@ _WILDCARDS = {"", "0.0.0.0", "*", "localhost"}
 _ANCESTORS = 4
 
 _remembered: dict[str, Any] | None = None
+_embedded: "EmbeddedServer | None" = None
 
 
 def remember(url: str, token: str | None) -> None:
@@ -65,6 +66,25 @@ def forget(url: str | None = None) -> None:
     global _remembered
     if _remembered is not None and (url is None or _remembered["url"] == url.rstrip("/")):
         _remembered = None
+
+
+def start_embedded(state_dir: str | None = None, port: int | None = None,
+                   public_predict: bool = False) -> "EmbeddedServer":
+    """Start a ``clipper-nb serve`` owned by this process and make :func:`discover` answer it.
+
+    What ``%clipper start`` does, and what :func:`clipper_nb.connect` does when there is
+    no server to find (a plain kernel, VS Code, nbconvert): the user sees one line.
+    """
+    global _embedded
+    server = EmbeddedServer(state_dir=state_dir, port=port, public_predict=public_predict).start()
+    _embedded = server
+    remember(server.url, server.token)
+    return server
+
+
+def embedded() -> "EmbeddedServer | None":
+    """The server :func:`start_embedded` started in this process, while it runs."""
+    return _embedded if _embedded is not None and _embedded.running() else None
 
 
 def discover() -> dict[str, Any] | None:

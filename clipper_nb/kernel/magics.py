@@ -57,6 +57,22 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 600 else text[:597] + "..."
 
 
+def _resources(text: str | None) -> dict[str, float] | None:
+    """``--resources gpu_node=1,CPU=2`` as ``{"gpu_node": 1.0, "CPU": 2.0}``."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, _, amount = (part.strip() for part in item.partition("="))
+        try:
+            if not key:
+                raise ValueError(item)
+            out[key] = float(amount)
+        except ValueError:
+            raise UsageError(f"--resources takes NAME=AMOUNT[,NAME=AMOUNT...], e.g. gpu_node=1; got {item!r}") from None
+    return out
+
+
 def _literal(text: str | None) -> Any:
     """``--default 0`` -> 0, ``--default '"spam"'`` -> "spam", ``--default spam`` -> "spam"."""
     if text is None:
@@ -151,7 +167,11 @@ class _ConnectionCommands:
 
     client: Client | None
     _discovered: bool
-    embedded: discovery.EmbeddedServer | None
+
+    @property
+    def embedded(self) -> discovery.EmbeddedServer | None:
+        """The server ``%clipper start`` (or a connect() that found none) started, while it runs."""
+        return discovery.embedded()
 
     def _client(self) -> Client:
         if self.client is None:
@@ -184,24 +204,22 @@ class _ConnectionCommands:
     @argument("--public-predict", action="store_true", help="let anonymous callers use the query API")
     def _start(self, args: Any, cell: str | None) -> None:
         """Start a clipper-nb server in the background; it stops when this kernel exits."""
-        if self.embedded is not None and self.embedded.running():
+        if self.embedded is not None:
             print(f"already running at {self.embedded.url} (%clipper stop first)")
             return
-        server = discovery.EmbeddedServer(state_dir=args.state_dir, port=args.port,
-                                          public_predict=args.public_predict).start()
-        self.embedded = server
+        server = discovery.start_embedded(state_dir=args.state_dir, port=args.port,
+                                          public_predict=args.public_predict)
         self.client, self._discovered = Client(server.url, token=server.token), False
-        discovery.remember(server.url, server.token)
         print(f"clipper-nb serving at {server.url} (state in {server.state_dir}); it stops when this kernel exits")
 
     @magic_arguments(name="%clipper stop")
     def _stop(self, args: Any, cell: str | None) -> None:
         """Stop the server %clipper start started (and every worker it runs)."""
-        if self.embedded is None or not self.embedded.running():
+        server = self.embedded
+        if server is None:
             raise UsageError("no server started by %clipper start is running")
-        url = self.embedded.url
-        self.embedded.stop()
-        self.embedded = None
+        url = server.url
+        server.stop()
         if self.client is not None and self.client.url == url:
             self.client = None
         print(f"stopped the clipper-nb server at {url}")
@@ -215,7 +233,6 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
         super().__init__(shell)
         self.client: Client | None = None
         self._discovered = False  # the client came from discovery: re-discover if it goes away
-        self.embedded: discovery.EmbeddedServer | None = None
         self.loads: dict[str, _LoadRun] = {}
 
     # ================================================================== dispatch
@@ -277,6 +294,10 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
     @argument("--max-batch-size", type=int, help="cap of the adaptive batch size (1: no batching)")
     @argument("--default", dest="default_output", help="default output of a new app, as a Python literal")
     @argument("--input-type", help="floats (default), ints, float32, strings, bytes or json")
+    @argument("--backend", help="where replicas run: process (worker processes on the server) or ray (Ray actors "
+              "on the server's Ray cluster); default: the model's current one, else the server's default_backend")
+    @argument("--resources", help="custom Ray resources per replica, e.g. gpu_node=1 or gpu_node=1,CPU=2 (with "
+              "--backend ray)")
     @argument("--timeout", default="300s", help="how long to wait for the replicas to load (default 300s)")
     def _deploy(self, args: Any, cell: str | None) -> None:
         """Deploy a live object and print its endpoint with a ready-to-copy curl line."""
@@ -290,8 +311,8 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
         model = client.deploy(obj, name, version=args.version, app=args.app, replicas=args.replicas,
                               device=args.device, method=args.method, batch_size=args.batch_size,
                               max_batch_size=args.max_batch_size, slo_ms=slo_ms, input_type=args.input_type,
-                              default_output=_literal(args.default_output),
-                              timeout=parse_duration(args.timeout))
+                              default_output=_literal(args.default_output), backend=args.backend,
+                              resources=_resources(args.resources), timeout=parse_duration(args.timeout))
         took = time.monotonic() - t0
         print(f"deployed {name} version {model['version']} ({model.get('kind')}): "
               f"{model.get('replicas_up')}/{model.get('replicas')} replicas up in {took:.1f} s")
@@ -323,6 +344,10 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
         return self.shell.user_ns[functions[-1]], functions[-1]
 
     def _print_endpoint(self, client: Client, app: str, model: dict) -> None:
+        created = model.get("app_created")
+        if created:
+            print(f"created application {created['name']!r} (SLO {created['slo_ms']:g} ms, policy "
+                  f"{created['policy']})")
         endpoint = f"{client.url}/{app}/predict"
         print(f"endpoint: POST {endpoint}")
         body = json.dumps({"input": "INPUT"})
@@ -381,6 +406,13 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
         label = self._eval(args.expr_and_label[-1], "the label")
         return self._client().feedback(args.app, x, label, context=args.context)
 
+    @magic_arguments(name="%clipper logs")
+    @argument("model")
+    @argument("--tail", type=int, default=20_000, help="bytes from the end of each replica's log")
+    def _logs(self, args: Any, cell: str | None) -> None:
+        """What a model's replicas printed, tracebacks included (token holders only)."""
+        print(self._client().logs(args.model, tail=args.tail))
+
     # ================================================================== manage
     @magic_arguments(name="%clipper slo")
     @argument("app")
@@ -415,7 +447,8 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
 
 _COMMANDS: dict[str, Callable] = {
     "deploy": ClipperMagics._deploy, "apps": ClipperMagics._apps, "models": ClipperMagics._models,
-    "status": ClipperMagics._status, "query": ClipperMagics._query, "feedback": ClipperMagics._feedback,
+    "status": ClipperMagics._status, "logs": ClipperMagics._logs, "query": ClipperMagics._query,
+    "feedback": ClipperMagics._feedback,
     "slo": ClipperMagics._slo, "scale": ClipperMagics._scale, "rollback": ClipperMagics._rollback,
     "undeploy": ClipperMagics._undeploy, "load": ClipperMagics._load, "dashboard": ClipperMagics._dashboard,
     "connect": ClipperMagics._connect, "start": ClipperMagics._start, "stop": ClipperMagics._stop,

@@ -14,6 +14,11 @@ Example::
     policy.combine(state, {"svm": 3, "forest": 3}).output    # 3
     loss = make_loss("zero_one")
     state = policy.update(state, {"svm": loss(3, 7), "forest": loss(5, 5)})
+
+    exp3 = make_policy("exp3")
+    draw = exp3.draw(exp3.init_state(["svm", "forest"]), random.Random(0))
+    draw                                    # Draw(models=('forest',), probabilities=(0.5,))
+    exp3.update(exp3.init_state(["svm", "forest"]), {"forest": 1.0}, draw)  # w /= e^(0.1 / 0.5)
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 from clipper_nb.wire.codec import to_jsonable
 
 __all__ = [
-    "LOSSES", "POLICIES", "Combined", "EpsilonGreedyPolicy", "Exp3Policy", "Exp4Policy",
+    "LOSSES", "POLICIES", "Combined", "Draw", "EpsilonGreedyPolicy", "Exp3Policy", "Exp4Policy",
     "Option", "Policy", "SelectionState", "SinglePolicy", "ThompsonPolicy", "abs_loss",
     "combine_outputs", "make_loss", "make_policy", "to_jsonable", "zero_one_loss",
 ]
@@ -223,25 +228,64 @@ def _sample(probabilities: dict[str, float], rng: random.Random) -> str:
     return next(reversed(probabilities))  # u landed in the rounding gap below 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Draw:
+    """What a policy chose for one query: the models asked and, for a policy that
+    importance-weights its feedback (Exp3), the probability each was drawn with.
+
+    The probabilities are those of the state that drew, at selection time: feedback
+    divides a loss by them, whatever the weights have become since.
+    """
+
+    models: tuple[str, ...]
+    probabilities: tuple[float, ...] | None = None
+
+    def probability(self, model: str) -> float:
+        """The probability ``model`` was drawn with; ValueError when it was not drawn or none was kept."""
+        if self.probabilities is None or model not in self.models:
+            raise ValueError(f"no selection probability for model {model!r} in {self!r}")
+        return self.probabilities[self.models.index(model)]
+
+
 # --- combining outputs ---------------------------------------------------------------
 
 @dataclass
 class Combined:
-    """The answer to one query: combined output, agreement in [0, 1], models used."""
+    """The answer to one query: combined output, agreement over the ensemble in [0, 1]
+    (see :func:`combine_outputs`), models used (the ones that replied)."""
 
     output: Any
     confidence: float
     models_used: list[str]
 
 
-def _reply_weights(models: list[str], weights: dict[str, float]) -> list[float]:
+def _weights_of(models: list[str], weights: dict[str, float]) -> list[float]:
     raw = [float(weights.get(m, 0.0)) for m in models]
     for m, w in zip(models, raw):
         if not (math.isfinite(w) and w >= 0):
             raise ValueError(f"weight of model {m!r} must be finite and >= 0, got {w}")
+    return raw
+
+
+def _reply_weights(raw: list[float]) -> list[float]:
     total = sum(raw)
     # Only models without weight replied: let them count equally rather than divide by 0.
     return [w / total for w in raw] if total > 0 else [1.0 / len(raw)] * len(raw)
+
+
+def _coverage(models: list[str], ensemble: list[str], weights: dict[str, float]) -> float:
+    """The share of the ensemble's weight held by the models that replied (1.0: all replied).
+
+    An ensemble whose weights are all 0 counts its members equally.
+    """
+    if len(ensemble) == len(models):
+        return 1.0
+    raw = _weights_of(ensemble, weights)
+    total = sum(raw)
+    if total <= 0:
+        return len(models) / len(ensemble)
+    replied = set(models)
+    return min(1.0, sum(w for m, w in zip(ensemble, raw) if m in replied) / total)
 
 
 def _vote(values: list[Any], weights: list[float]) -> tuple[Any, float]:
@@ -274,13 +318,21 @@ def _mean_vector(values: list[list[float]], weights: list[float]) -> tuple[list[
     return mean.tolist(), min(1.0, float(agree))
 
 
-def combine_outputs(outputs: dict[str, Any], weights: dict[str, float]) -> Combined:
+def combine_outputs(outputs: dict[str, Any], weights: dict[str, float],
+                    ensemble: list[str] | None = None) -> Combined:
     """Combine the outputs of the models that replied, weighting each by ``weights``.
 
-    Weights are renormalised among the replies (straggler mitigation answers with
-    whoever made the deadline); models missing from ``weights`` weigh 0.
+    ``ensemble`` is every model the query was sent to (default: the ones that replied);
+    with straggler mitigation some of them may be missing from ``outputs``.
 
-    * identical outputs (or just one): that output, confidence 1.0;
+    The **output** uses the replies only, their weights renormalised among them;
+    models missing from ``weights`` weigh 0. The **confidence** is the agreement over
+    the whole ensemble: the weight of the replies that agree with the output divided
+    by the weight of every model in ``ensemble``, so a model that did not reply counts
+    as disagreeing (with equal weights: "4 of 5 models agree" is 0.8, and one reply out
+    of five is at most 0.2, never 1.0).
+
+    * identical outputs (or just one): that output; confidence = the replies' weight share;
     * class labels (str/int/bool): weighted vote; confidence is the winner's weight share;
     * numbers with at least one float: weighted mean; confidence is the weight share of
       models within 10% of the mean (relative, or 1e-9 absolute near zero);
@@ -290,25 +342,29 @@ def combine_outputs(outputs: dict[str, Any], weights: dict[str, float]) -> Combi
     * anything else: weighted vote on equal values.
 
     Example: ``combine_outputs({"a": "cat", "b": "dog", "c": "cat"},
-    {"a": 0.5, "b": 0.3, "c": 0.2})`` is ``Combined("cat", 0.7, ["a", "b", "c"])``.
+    {"a": 0.5, "b": 0.3, "c": 0.2})`` is ``Combined("cat", 0.7, ["a", "b", "c"])``; with
+    ``ensemble=["a", "b", "c", "d"]`` and ``"d": 1.0`` in the weights (d missed the
+    deadline), the output is still "cat" and the confidence 0.7 / 2.0 = 0.35.
     """
     if not outputs:
         raise ValueError("no model replied, so there is nothing to combine; "
                          "answer the application's default output instead")
     models = list(outputs)
+    ensemble = models if ensemble is None else list(dict.fromkeys([*ensemble, *models]))
+    coverage = _coverage(models, ensemble, weights)
     values = [to_jsonable(outputs[m]) for m in models]
     if all(_values_equal(values[0], v) for v in values[1:]):
-        return Combined(values[0], 1.0, models)
-    weights_used = _reply_weights(models, weights)
+        return Combined(values[0], coverage, models)
+    weights_used = _reply_weights(_weights_of(models, weights))
     if all(map(_is_label, values)):
-        output, confidence = _vote(values, weights_used)
+        output, agreement = _vote(values, weights_used)
     elif all(map(_is_number, values)):
-        output, confidence = _mean_scalar(values, weights_used)
+        output, agreement = _mean_scalar(values, weights_used)
     elif all(map(_is_vector, values)) and len({len(v) for v in values}) == 1:
-        output, confidence = _mean_vector(values, weights_used)
+        output, agreement = _mean_vector(values, weights_used)
     else:
-        output, confidence = _vote(values, weights_used)
-    return Combined(output, confidence, models)
+        output, agreement = _vote(values, weights_used)
+    return Combined(output, agreement * coverage, models)
 
 
 # --- policies ------------------------------------------------------------------------
@@ -364,9 +420,9 @@ class Policy:
     #: ``adaptive``: which models answer depends on the learned state; False: the policy
     #: selects from a fresh state, so the query path neither reads nor creates one.
     adaptive: ClassVar[bool] = True
-    #: ``picks_one``: one model per query, learning from that chosen model's loss with
-    #: importance weighting (bandit feedback); the engine remembers which model answered
-    #: each input so that feedback on it can name the chosen model.
+    #: ``picks_one``: one model per query, learning from that chosen model's loss (bandit
+    #: feedback); the engine remembers the :class:`Draw` of each input so that feedback
+    #: on it names the chosen model (and the probability it was drawn with).
     picks_one: ClassVar[bool] = False
     #: ``combines``: answers carry the combined output's ``confidence``, ``models_used``
     #: (and ``models_missing``, ``low_confidence``); False: the one model's output as is.
@@ -409,21 +465,30 @@ class Policy:
         """The models to query for one query; empty only when no model is linked."""
         return [_sample(self.probabilities(state), rng)] if state.log_weights else []
 
-    def combine(self, state: SelectionState, outputs: dict[str, Any]) -> Combined:
-        """Combine the replies to one query (see :func:`combine_outputs`)."""
-        if len(outputs) == 1:
+    def draw(self, state: SelectionState, rng: random.Random) -> Draw:
+        """:meth:`select` as a :class:`Draw` (same models, same use of ``rng``), with the
+        probabilities when the policy's feedback needs them."""
+        return Draw(tuple(self.select(state, rng)))
+
+    def combine(self, state: SelectionState, outputs: dict[str, Any],
+                ensemble: list[str] | None = None) -> Combined:
+        """Combine the replies to one query sent to ``ensemble`` (see :func:`combine_outputs`)."""
+        if len(outputs) == 1 and (ensemble is None or list(ensemble) == list(outputs)):
             (model, output), = outputs.items()
             return Combined(to_jsonable(output), 1.0, [model])
-        return combine_outputs(outputs, self.probabilities(state))
+        return combine_outputs(outputs, self.probabilities(state), ensemble)
 
     def update(self, state: SelectionState, losses: dict[str, float],
-               chosen: str | None = None) -> SelectionState:
+               chosen: Draw | None = None) -> SelectionState:
         """Learn from feedback and return a new state; ``state`` is left unchanged.
 
         ``losses`` maps models to losses in [0, 1] for the models whose prediction for
-        the feedback's input is known; models no longer in the state (unlinked since)
-        are ignored. ``chosen`` is the model that answered the query under a
-        one-model policy. Counts and cumulative losses are kept for every given model.
+        the feedback's input is known (a model that failed to answer the query counts 1);
+        models no longer in the state (unlinked since) are ignored. ``chosen`` is the
+        :class:`Draw` that answered the query, when it is known: a one-model policy then
+        learns from the chosen model only (bandit feedback). ``None``: the choice is
+        unknown, every given loss is full information and nothing is importance-weighted.
+        Counts and cumulative losses are kept for every given model.
         """
         known: dict[str, float] = {}
         for model, loss in losses.items():
@@ -444,20 +509,20 @@ class Policy:
         return new
 
     def _learn(self, before: SelectionState, after: SelectionState,
-               losses: dict[str, float], chosen: str | None) -> None:
+               losses: dict[str, float], chosen: Draw | None) -> None:
         """Apply the policy's own update to ``after`` (a fresh copy of ``before``)."""
 
 
-def _feedback_targets(losses: dict[str, float], chosen: str | None) -> tuple[list[str], bool]:
-    """Which models a one-model policy learns from, and whether feedback was bandit.
+def _feedback_targets(losses: dict[str, float], chosen: Draw | None) -> list[str]:
+    """Which models a one-model policy learns from.
 
-    With ``chosen``, only the chosen model (bandit feedback, as in the paper). Without
-    it, a single loss is taken to be the chosen model's; several losses mean the
-    engine evaluated every model on the feedback input (full information).
+    With ``chosen``, only the chosen model(s) (bandit feedback, as in the paper).
+    Without it, the choice is unknown, so every given loss is full information: the
+    engine evaluated those models on the feedback's input.
     """
-    if chosen is not None:
-        return ([chosen] if chosen in losses else []), True
-    return list(losses), len(losses) == 1
+    if chosen is None:
+        return list(losses)
+    return [m for m in chosen.models if m in losses]
 
 
 class SinglePolicy(Policy):
@@ -478,9 +543,11 @@ class Exp3Policy(Policy):
     """Exp3 (Auer et al.): query one model sampled from p_i = (1-gamma) w_i/W + gamma/K.
 
     On bandit feedback the chosen model's weight moves by ``w_i *= exp(-eta * l / p_i)``
-    with p_i from before the update: dividing by p_i makes the estimate unbiased for
-    models that are rarely chosen. Given every model's loss (no ``chosen``), each
-    model was observed with probability 1, so the update is ``exp(-eta * l_i)``.
+    with p_i the probability it was drawn with (kept in the :class:`Draw` at selection
+    time, not read again at feedback time): dividing by p_i makes the loss estimate
+    unbiased for models that are rarely chosen. When the choice is unknown (no
+    ``chosen``), each given loss was observed with probability 1, so the update is
+    ``exp(-eta * l_i)``: never importance-weighted.
     """
 
     name = "exp3"
@@ -492,14 +559,22 @@ class Exp3Policy(Policy):
         gamma, k = self._options["gamma"], len(state.log_weights)
         return {m: (1 - gamma) * s + gamma / k for m, s in _softmax(state.log_weights).items()}
 
+    def draw(self, state: SelectionState, rng: random.Random) -> Draw:
+        if not state.log_weights:
+            return Draw(())
+        probabilities = self.probabilities(state)
+        model = _sample(probabilities, rng)
+        return Draw((model,), (probabilities[model],))
+
     def _learn(self, before: SelectionState, after: SelectionState,
-               losses: dict[str, float], chosen: str | None) -> None:
-        targets, bandit = _feedback_targets(losses, chosen)
+               losses: dict[str, float], chosen: Draw | None) -> None:
+        targets = _feedback_targets(losses, chosen)
         if not targets:
             return
-        probabilities = self.probabilities(before)
         for m in targets:
-            seen_with = probabilities[m] if bandit else 1.0
+            seen_with = 1.0 if chosen is None else chosen.probability(m)
+            if not 0.0 < seen_with <= 1.0:
+                raise ValueError(f"selection probability of model {m!r} must be in (0, 1], got {seen_with}")
             after.log_weights[m] -= self._options["eta"] * losses[m] / seen_with
         _renormalise(after.log_weights, self._options["log_weight_floor"])
 
@@ -525,7 +600,7 @@ class Exp4Policy(Policy):
         return state.models
 
     def _learn(self, before: SelectionState, after: SelectionState,
-               losses: dict[str, float], chosen: str | None) -> None:
+               losses: dict[str, float], chosen: Draw | None) -> None:
         for m, loss in losses.items():
             after.log_weights[m] -= self._options["eta"] * loss
         _renormalise(after.log_weights, self._options["log_weight_floor"])
@@ -564,10 +639,10 @@ class EpsilonGreedyPolicy(Policy):
         return [self.best(state)]
 
     def _learn(self, before: SelectionState, after: SelectionState,
-               losses: dict[str, float], chosen: str | None) -> None:
+               losses: dict[str, float], chosen: Draw | None) -> None:
         means = after.extra.setdefault("mean_loss", {})
         pulls = after.extra.setdefault("pulls", {})
-        for m in _feedback_targets(losses, chosen)[0]:
+        for m in _feedback_targets(losses, chosen):
             pulls[m] = pulls.get(m, 0) + 1
             means[m] = means.get(m, 0.0) + (losses[m] - means.get(m, 0.0)) / pulls[m]
 
@@ -605,7 +680,7 @@ class ThompsonPolicy(Policy):
         return {m: n / _THOMPSON_DRAWS for m, n in wins.items()}
 
     def _learn(self, before: SelectionState, after: SelectionState,
-               losses: dict[str, float], chosen: str | None) -> None:
+               losses: dict[str, float], chosen: Draw | None) -> None:
         alpha = after.extra.setdefault("alpha", {})
         beta = after.extra.setdefault("beta", {})
         prior_a, prior_b = self._options["prior_alpha"], self._options["prior_beta"]
@@ -615,7 +690,7 @@ class ThompsonPolicy(Policy):
                 a, b = self._posterior(after, m)
                 alpha[m] = prior_a + discount * (a - prior_a)
                 beta[m] = prior_b + discount * (b - prior_b)
-        for m in _feedback_targets(losses, chosen)[0]:
+        for m in _feedback_targets(losses, chosen):
             a, b = self._posterior(after, m)
             alpha[m], beta[m] = a + 1.0 - losses[m], b + losses[m]
 

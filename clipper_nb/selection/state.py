@@ -2,9 +2,17 @@
 
 :class:`SelectionStates` holds one :class:`~clipper_nb.selection.policies.SelectionState`
 per (app, context) key; the context ``""`` is the app-wide state, which an unseen
-context falls back to. It does no I/O: :meth:`SelectionStates.apply_feedback` says which
-contexts were evicted (to delete from the store) and :meth:`SelectionStates.take_dirty`
-hands over the rows to write; the engine does both on its store executor.
+context falls back to. It also keeps, per (app, input digest), the :class:`Choice` made
+for the last query of that input (the models asked, the probability each was drawn
+with, the ones that failed), so that feedback on the input learns from the choice as it
+was made (bounded, least recently recorded first out).
+
+It does no I/O: :meth:`SelectionStates.apply_feedback` says which contexts were evicted
+(to delete from the store), :meth:`SelectionStates.take_dirty` hands over the rows to
+write and :meth:`SelectionStates.take_deleted` the rows to delete; the engine does
+these on its store executor. Choices are saved in the same (app, context, state) rows
+as the states, under the key ``CHOICE_PREFIX + digest`` (a prefix no context may use),
+as ``{"m": models, "p": probabilities, "f": failed}`` (empty parts left out).
 
 Example::
 
@@ -19,17 +27,70 @@ Example::
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 from dataclasses import dataclass, field
+from typing import Any
 
-from clipper_nb.selection.policies import Policy, SelectionState
+from clipper_nb.selection.policies import Draw, Policy, SelectionState
 
-__all__ = ["MAX_REMEMBERED_CHOICES", "Feedback", "SelectionStates"]
+__all__ = ["CHOICE_PREFIX", "MAX_REMEMBERED_CHOICES", "Choice", "Feedback", "SelectionStates", "choice_key"]
 
-#: How many (app, input) -> chosen model records one-model policies keep for feedback.
+#: How many (app, input) -> choice records are kept for feedback, all apps together.
 MAX_REMEMBERED_CHOICES = 100_000
 
+#: Saved rows whose context starts with this hold a :class:`Choice`, not a context's state.
+CHOICE_PREFIX = "\x00choice:"
+
 Key = tuple[str, str]
+ChoiceKey = tuple[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the query path chose for one input, and which of those models failed.
+
+    ``failed``: chosen models that raised, timed out (missed the deadline) or were not
+    running, so the query was answered without them (or with the default output, or
+    an error); feedback on the input counts loss 1 for each of them.
+    """
+
+    draw: Draw
+    failed: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The compact saved form: ``{"m": [...], "p": [...], "f": [...]}``, empty parts left out."""
+        saved: dict[str, Any] = {"m": list(self.draw.models)}
+        if self.draw.probabilities is not None:
+            saved["p"] = list(self.draw.probabilities)
+        if self.failed:
+            saved["f"] = list(self.failed)
+        return saved
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> Choice:
+        """Rebuild a choice saved by :meth:`to_json`; malformed input raises ValueError."""
+        try:
+            models = tuple(str(m) for m in saved["m"])
+            probabilities = None if "p" not in saved else tuple(float(p) for p in saved["p"])
+            failed = tuple(str(m) for m in saved.get("f", ()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a saved choice ({exc!r})") from exc
+        if probabilities is not None and (len(probabilities) != len(models)
+                                          or not all(0.0 < p <= 1.0 for p in probabilities)):
+            raise ValueError(f"not a saved choice: probabilities {probabilities} for models {models}")
+        return cls(Draw(models, probabilities), failed)
+
+
+def choice_key(digest: bytes) -> str:
+    """The saved row's context for the choice of the input with ``digest``."""
+    return CHOICE_PREFIX + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _digest_of(key: str) -> bytes:
+    text = key[len(CHOICE_PREFIX):]
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
 @dataclass
@@ -53,10 +114,22 @@ class SelectionStates:
         self.max_contexts = max_contexts
         self.states: dict[Key, SelectionState] = {}
         self.dirty: set[Key] = set()
-        self._chosen: collections.OrderedDict[tuple[str, bytes], str] = collections.OrderedDict()
+        self._chosen: collections.OrderedDict[ChoiceKey, Choice] = collections.OrderedDict()
+        self._chosen_dirty: set[ChoiceKey] = set()
+        self._chosen_gone: set[ChoiceKey] = set()
 
     def load(self, app: str, context: str, saved: dict) -> None:
-        """Bring back a state saved by :meth:`take_dirty` (its ``to_json`` dict)."""
+        """Bring back a row saved by :meth:`take_dirty`: a state (its ``to_json`` dict) or a
+        choice (rows are loaded in the order they were saved, oldest first)."""
+        if context.startswith(CHOICE_PREFIX):
+            try:
+                key = (app, _digest_of(context))
+                self._chosen[key] = Choice.from_json(saved)
+            except (ValueError, binascii.Error):
+                return  # a record we cannot read only costs the importance weight of one input
+            self._chosen.move_to_end(key)
+            self._trim_choices()
+            return
         self.states[(app, context)] = SelectionState.from_json(saved)
 
     def state(self, app: str, models: list[str], policy: Policy, context: str | None = None,
@@ -86,28 +159,54 @@ class SelectionStates:
         return sorted(c for a, c in self.states if a == app and c)
 
     def forget(self, app: str) -> None:
-        """Drop every state of ``app`` (deleted, or its policy changed)."""
+        """Drop every state and choice of ``app`` (deleted, or its policy changed); the
+        caller deletes the app's saved rows."""
         for key in [k for k in self.states if k[0] == app]:
             del self.states[key]
             self.dirty.discard(key)
+        for key in [k for k in self._chosen if k[0] == app]:
+            del self._chosen[key]
+        self._chosen_dirty = {k for k in self._chosen_dirty if k[0] != app}
+        self._chosen_gone = {k for k in self._chosen_gone if k[0] != app}
 
-    # ---------------------------------------------------------------- chosen models
-    def remember_choice(self, app: str, digest: bytes, model: str) -> None:
-        """Record that ``model`` answered the input with ``digest`` (a one-model policy)."""
+    # ---------------------------------------------------------------- choices
+    def remember_choice(self, app: str, digest: bytes, choice: Choice) -> None:
+        """Record the choice made for the input with ``digest`` (replacing an older one)."""
         key = (app, digest)
-        self._chosen[key] = model
+        self._chosen[key] = choice
         self._chosen.move_to_end(key)
-        if len(self._chosen) > MAX_REMEMBERED_CHOICES:
-            self._chosen.popitem(last=False)
+        self._chosen_dirty.add(key)
+        self._chosen_gone.discard(key)
+        self._trim_choices()
 
-    def chosen(self, app: str, digest: bytes) -> str | None:
-        """The model that answered this input, when a one-model policy chose it."""
+    def forget_choice(self, app: str, digest: bytes) -> None:
+        """Drop the record for this input, if any (its last query needs none)."""
+        if self._chosen.pop((app, digest), None) is not None:
+            self._drop_saved((app, digest))
+
+    def chosen(self, app: str, digest: bytes) -> Choice | None:
+        """The choice made for the last query of this input, when it is still remembered."""
         return self._chosen.get((app, digest))
+
+    def _trim_choices(self) -> None:
+        while len(self._chosen) > MAX_REMEMBERED_CHOICES:
+            key, _ = self._chosen.popitem(last=False)
+            self._drop_saved(key)
+
+    def _drop_saved(self, key: ChoiceKey) -> None:
+        self._chosen_dirty.discard(key)
+        self._chosen_gone.add(key)
 
     # ---------------------------------------------------------------- feedback
     def apply_feedback(self, app: str, models: list[str], policy: Policy, losses: dict[str, float],
-                       chosen: str | None, context: str | None = None) -> Feedback:
+                       chosen: Draw | None, context: str | None = None) -> Feedback:
         """Update the app-wide state, and ``context``'s when given, with one round of losses.
+
+        ``chosen`` is the draw that answered the query (None: unknown). Both states
+        learn from it with the probabilities it was drawn with, whichever state drew:
+        dividing by the probability of the actual draw is what keeps each state's loss
+        estimates unbiased (the app-wide state's own probability would over- or
+        under-count the models a context prefers or avoids).
 
         Both updates start from the states as they were (a new context from the app's
         state before this round). Updated states become the most recently used; with a
@@ -131,7 +230,19 @@ class SelectionStates:
         return [c for _, c in gone]
 
     def take_dirty(self) -> list[tuple[str, str, dict]]:
-        """The ``(app, context, state_json)`` rows changed since the last call; clears the set."""
+        """The ``(app, context, state_json)`` rows changed since the last call, states and
+        choices; clears the sets."""
         rows = [(a, c, self.states[(a, c)].to_json()) for a, c in self.dirty if (a, c) in self.states]
+        rows += [(a, choice_key(d), self._chosen[(a, d)].to_json())
+                 for a, d in self._chosen_dirty if (a, d) in self._chosen]
         self.dirty.clear()
+        self._chosen_dirty.clear()
         return rows
+
+    def take_deleted(self) -> dict[str, list[str]]:
+        """Per app, the saved choice rows (contexts) to delete since the last call; clears the set."""
+        gone: dict[str, list[str]] = {}
+        for app, digest in self._chosen_gone:
+            gone.setdefault(app, []).append(choice_key(digest))
+        self._chosen_gone.clear()
+        return gone

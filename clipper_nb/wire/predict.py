@@ -19,6 +19,8 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
 from clipper_nb.wire import artifact, codec
 
 __all__ = ["decode_outputs", "load_dir", "run", "run_frames", "write_dir"]
@@ -53,8 +55,13 @@ def run(predictor: artifact.Predictor, batch: Any) -> tuple[Any, float]:
     start = time.perf_counter()
     outputs = predictor.predict(batch)
     compute_ms = (time.perf_counter() - start) * 1000
-    if not isinstance(outputs, (list, tuple)) and not hasattr(outputs, "__len__"):
-        raise TypeError(f"the model returned {type(outputs).__name__}, not a list or array of outputs")
+    if isinstance(outputs, (str, bytes, bytearray, dict)) or not hasattr(outputs, "__len__"):
+        # A string has a length too: taken as the batch's outputs, its characters would
+        # answer the queries one each whenever the lengths happened to match.
+        raise TypeError(f"the model returned one {type(outputs).__name__} for the batch, not a list or array "
+                        f"of outputs: return one output per input, e.g. [{'spam'!r}] for a batch of one")
+    if not isinstance(outputs, np.ndarray) and callable(getattr(outputs, "to_numpy", None)):
+        outputs = outputs.to_numpy()  # pandas: a DataFrame's rows, not its column names
     got = len(outputs)
     if got != n:
         raise ValueError(f"the model returned {got} outputs for a batch of {n} inputs; "
@@ -72,5 +79,7 @@ def run_frames(predictor: artifact.Predictor, header: bytes, payload: Any) -> tu
 
 
 def decode_outputs(header: bytes, payload: Any) -> list:
-    """A reply's output frames as one value per input."""
+    """A reply's output frames as one value per input: numbers in numpy rows, anything
+    else (and rows holding NaN or infinities) in :func:`codec.to_jsonable`'s encoding.
+    Every backend hands the abstraction layer its outputs through here."""
     return codec.rows(codec.decode_batch(header, payload))

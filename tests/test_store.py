@@ -1,0 +1,129 @@
+"""The store's writes are honest: all or nothing, a clear 503 when the disk says no, and
+nothing half-written after a crash. Real SQLite files in a temporary state directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+import pytest
+
+from clipper_nb.abstraction.inprocess import InProcessBackend
+from clipper_nb.config import ClipperNB
+from clipper_nb.engine import Engine
+from clipper_nb.engine.store import Store, check_name
+from clipper_nb.errors import BadInput, Unavailable
+
+APP = {"name": "a", "slo_ms": 20}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "state"))
+    yield s
+    s.close()
+
+
+def _persisted_apps(state_dir: str) -> list[dict]:
+    """What another process reading the database sees (the store itself is still open)."""
+    with sqlite3.connect(os.path.join(state_dir, "clipper.sqlite3")) as db:
+        return [json.loads(spec) for (spec,) in db.execute("SELECT spec FROM apps ORDER BY name")]
+
+
+def _other_writer(store: Store) -> sqlite3.Connection:
+    """A second process's connection holding the database's write lock."""
+    other = sqlite3.connect(os.path.join(store.state_dir, "clipper.sqlite3"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_locked_database_fails_the_write_clearly_and_leaves_no_transaction_open(store):
+    store._db.execute("PRAGMA busy_timeout=50")  # the test need not wait the default 2 s
+    other = _other_writer(store)
+    with pytest.raises(Unavailable, match="could not be saved: database is locked") as e:
+        store.save_app(APP)
+    assert e.value.status == 503 and "nothing was changed" in e.value.cause
+    assert not store._db.in_transaction  # an open transaction would swallow every later write
+    other.execute("ROLLBACK")
+    other.close()
+    store.save_app({**APP, "slo_ms": 30})  # the store writes again once the lock is gone
+    assert _persisted_apps(store.state_dir) == [{**APP, "slo_ms": 30}]
+
+
+def test_a_full_disk_fails_the_write_and_rolls_back_every_statement(store):
+    store.save_app(APP)
+    store.save_selection([("a", "", {"w": 1})])
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL: "database or disk is full"
+    big = [("a", f"ctx{i}", {"w": "x" * 2000}) for i in range(50)]
+    with pytest.raises(Unavailable, match="disk is full"):
+        store.save_selection(big)
+    assert not store._db.in_transaction
+    assert [c for _, c, _ in store.load()["selection"]] == [""]  # none of the 50 rows half-written
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    store.save_selection(big)
+    assert len(store.load()["selection"]) == 51
+
+
+def test_an_interrupted_artifact_write_is_removed_and_never_collides_with_a_version(tmp_path):
+    state = str(tmp_path / "state")
+    s = Store(state)
+    s.write_artifact("m", "1.partial", b"a version that happens to be called 1.partial", {"kind": "callable"})
+    crashed = os.path.join(state, "models", "m", ".partial-2")
+    os.makedirs(crashed)
+    open(os.path.join(crashed, "model.pkl"), "wb").close()
+    s.close()
+    s = Store(state)  # a restart after the crash
+    assert sorted(os.listdir(os.path.join(state, "models", "m"))) == ["1.partial"]
+    s.close()
+
+
+@pytest.mark.parametrize("name", ["ok", "a.b-c_1", "x" * 64])
+def test_plain_names_pass(name):
+    assert check_name("model", name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "-x", "a/b", "a b", "x" * 65, "digits\n", "é", None, 3])
+def test_other_names_are_refused(name):
+    with pytest.raises(BadInput, match="invalid model name"):
+        check_name("model", name)
+
+
+# --- the engine over a store that cannot write: a 503, and memory unchanged ------------------
+
+@pytest.fixture
+async def engine(tmp_path):
+    eng = Engine(ClipperNB(state_dir=str(tmp_path / "state")), backends={"process": InProcessBackend()})
+    await eng.start()
+    eng.store._db.execute("PRAGMA busy_timeout=50")
+    yield eng
+    await eng.stop()
+
+
+async def test_a_change_the_store_refuses_is_not_served(engine):
+    await engine.register_app("kept", slo_ms=40)
+    other = _other_writer(engine.store)
+    try:
+        with pytest.raises(Unavailable):
+            await engine.register_app("lost", slo_ms=50)
+        with pytest.raises(Unavailable):
+            await engine.update_app("kept", slo_ms=99, policy="exp4")
+        with pytest.raises(Unavailable):
+            await engine.delete_app("kept")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert "lost" not in engine.apps
+    kept = engine.describe_app("kept")
+    assert kept["slo_ms"] == 40 and kept["policy"] == "single"
+    await engine.update_app("kept", slo_ms=99)  # once the store writes again, so does the engine
+    assert _persisted_apps(engine.store.state_dir)[0]["slo_ms"] == 99
+
+
+def test_a_second_server_cannot_open_the_same_state_directory(tmp_path):
+    first = Store(str(tmp_path / "state"))
+    with pytest.raises(Unavailable, match=rf"another clipper-nb server \(pid {os.getpid()}\) is using"):
+        Store(str(tmp_path / "state"))
+    first.close()
+    Store(str(tmp_path / "state")).close()  # free again once the first has closed
