@@ -411,3 +411,29 @@ def test_outputs_json_cannot_carry_arrive_in_the_documented_encoding(served):
     assert requests.post(f"{served.url}/nans/predict", json={"input": [200.0]}, timeout=10).json()["output"] == "NaN"
     assert requests.post(f"{served.url}/nans/predict", json={"input": [2.0]}, timeout=10).json()["output"] == 2.0
     assert math.isnan(float("NaN"))  # what a client does with the spelling
+
+
+def test_a_worker_that_ignores_sigterm_does_not_outlive_a_killed_frontend(tmp_path):
+    """kill -9 of ``clipper-nb serve``: the fork server's workers get SIGTERM, and one
+    that ignores it is killed after a grace period instead of living on."""
+    import signal as _signal
+
+    from conftest import ServeProcess, wait_until, worker_pids
+
+    serve = ServeProcess(state_dir=str(tmp_path / "state")).start()
+    try:
+        serve.client().deploy(stubborn, "stubborn", app="stubborn", slo_ms=2000)
+        assert serve.client().predict("stubborn", [1.0])["output"] == 1.0
+        assert worker_pids(str(tmp_path / "state"))
+    finally:
+        serve.stop(sig=_signal.SIGKILL)
+    # well before the worker's own 10 s frontend-silence timeout would end it
+    wait_until(lambda: not worker_pids(str(tmp_path / "state"), include_fork_server=True), timeout=6,
+               message="the stubborn worker to be killed")
+
+
+def stubborn(batch):
+    import signal as _signal
+
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a model library that swallows SIGTERM
+    return [row[0] for row in batch]

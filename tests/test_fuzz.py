@@ -52,7 +52,9 @@ def live(tmp_path_factory):
     srv = Server(state_dir=str(tmp_path_factory.mktemp("fuzz") / "state"), port=0, token=TOKEN,
                  public_predict=True).start_in_thread()
     client = client_of(srv)
-    client.deploy(lambda batch: [float(sum(row)) for row in batch], "fz-model", app="fz", slo_ms=2000)
+    # A model that answers any input: whatever goes wrong below is the server's doing, not the
+    # model's (a model failing on an input is a ModelError of its own queries, tested elsewhere).
+    client.deploy(lambda batch: [0.0] * len(batch), "fz-model", app="fz", slo_ms=2000)
     yield srv
     srv.stop_thread()
 
@@ -78,4 +80,4 @@ def test_fuzzed_raw_bodies_never_get_a_5xx(live, route, body):
 
 
 def test_the_server_still_answers_after_the_fuzzing(live):
-    assert client_of(live).predict("fz", [1.0, 2.0])["output"] == 3.0
+    assert client_of(live).predict("fz", [1.0, 2.0])["output"] == 0.0

@@ -127,3 +127,35 @@ def test_a_second_server_cannot_open_the_same_state_directory(tmp_path):
         Store(str(tmp_path / "state"))
     first.close()
     Store(str(tmp_path / "state")).close()  # free again once the first has closed
+
+
+def _persisted_contexts(state_dir: str, app: str) -> dict[str, dict]:
+    with sqlite3.connect(os.path.join(state_dir, "clipper.sqlite3")) as db:
+        return {c: json.loads(s) for c, s in db.execute("SELECT context, state FROM selection WHERE app = ?", (app,))
+                if not c.startswith("\x00")}
+
+
+def twice(batch):
+    return [2 * row[0] for row in batch]
+
+
+async def test_acknowledged_feedback_is_on_disk_and_a_failed_write_is_kept_for_the_next(engine):
+    from clipper_nb.wire import artifact
+
+    payload, meta = artifact.package(twice)
+    await engine.deploy("twice", payload, meta, app="fb", slo_ms=2000)
+    await engine.update_app("fb", policy="exp4")
+    done = await engine.feedback("fb", [1.0], 2.0, context="ana")
+    assert done["updates"] == 1
+    # acknowledged = durable: another process sees it now, not after the 1 s flush
+    assert _persisted_contexts(engine.store.state_dir, "fb")["ana"]["updates"] == 1
+
+    other = _other_writer(engine.store)
+    try:
+        with pytest.raises(Unavailable, match="could not be saved"):
+            await engine.feedback("fb", [1.0], 2.0, context="ana")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await engine._flush_selection()  # the next flush writes what the failed one could not
+    assert _persisted_contexts(engine.store.state_dir, "fb")["ana"]["updates"] == 2

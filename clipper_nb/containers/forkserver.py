@@ -28,6 +28,7 @@ import os
 import selectors
 import signal
 import sys
+import time
 import traceback
 
 # The point of a fork server: import the worker (zmq, numpy, the codec) once, fork many.
@@ -169,7 +170,10 @@ class ForkServer:
 
 
 def _write(msg: dict) -> None:
-    os.write(1, json.dumps(msg).encode() + b"\n")
+    try:
+        os.write(1, json.dumps(msg).encode() + b"\n")
+    except OSError:  # the frontend is gone (a closed pipe): nobody to tell, keep cleaning up
+        pass
 
 
 def _reap(children: set[int]) -> None:
@@ -228,9 +232,20 @@ def _child(req: dict) -> None:
             os._exit(code)
 
 
+#: How long workers get to exit on SIGTERM before the fork server kills them.
+TERM_GRACE_S = 2.0
+
+
+def _stop_once(*_: object) -> None:
+    # The first SIGTERM (the frontend's death, via PDEATHSIG) ends the loop; a second one
+    # must not cut short the cleanup below that kills workers ignoring SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
+
+
 def main() -> int:
     worker._die_with_parent()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _stop_once)
 
     sel = selectors.DefaultSelector()
     sel.register(0, selectors.EVENT_READ)
@@ -262,12 +277,29 @@ def main() -> int:
                     _write({"id": req["id"], "pid": pid})
             _reap(children)
     finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the stdin path: no SIGTERM may cut this short
+        _end_children(children)
     return 0
+
+
+def _end_children(children: set[int], grace_s: float = TERM_GRACE_S) -> None:
+    """SIGTERM every worker, then SIGKILL the ones still there after ``grace_s``: a model
+    that ignores SIGTERM (or hangs in C code) must not outlive its frontend."""
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    end = time.monotonic() + grace_s
+    while children and time.monotonic() < end:
+        _reap(children)
+        time.sleep(0.02)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(children)
 
 
 if __name__ == "__main__":

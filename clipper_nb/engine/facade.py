@@ -39,6 +39,8 @@ log = logging.getLogger("clipper_nb.engine.facade")
 
 #: Seconds between two writes of the selection states changed by feedback.
 FLUSH_PERIOD_S = 1.0
+#: Feedbacks arriving within this window share one transaction (answered once it commits).
+GROUP_COMMIT_S = 0.002
 
 
 class Engine:
@@ -66,6 +68,7 @@ class Engine:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clipper-store")
         self._lock = asyncio.Lock()  # one management change at a time
         self._tasks: set[asyncio.Task] = set()
+        self._commit: asyncio.Future | None = None  # the group commit feedbacks are waiting for
         self.ready = asyncio.Event()
         self.registry = Registry()
         self.states = SelectionStates(config.max_contexts)
@@ -144,7 +147,11 @@ class Engine:
         rows = self.states.take_dirty()
         gone = self.states.take_deleted()
         if rows:
-            await self._db(self.store.save_selection, rows)
+            try:
+                await self._db(self.store.save_selection, rows)
+            except BaseException:
+                self.states.keep_dirty(rows)  # written by a later flush once the store recovers
+                raise
         for app_name, keys in gone.items():
             await self._db(self.store.delete_contexts, app_name, keys)
 
@@ -224,8 +231,35 @@ class Engine:
         return await self.queries.predict_batch(app_name, xs, context)
 
     async def feedback(self, app_name: str, x: Any, label: Any, context: str | None = None) -> dict:
-        """Clipper's ``update``: learn from ``label`` for ``x`` (see :meth:`QueryPath.feedback`)."""
-        return await self.queries.feedback(app_name, x, label, context)
+        """Clipper's ``update``: learn from ``label`` for ``x`` (see :meth:`QueryPath.feedback`).
+
+        Answered once the new weights are on disk: the feedbacks of a few milliseconds share
+        one transaction (group commit). When the store cannot write, this raises
+        :class:`Unavailable` (503); the update stays in memory and is written by the next
+        flush that succeeds."""
+        result = await self.queries.feedback(app_name, x, label, context)
+        await self._commit_soon()
+        return result
+
+    async def _commit_soon(self) -> None:
+        """Wait for a flush that starts within ``GROUP_COMMIT_S`` (one for every caller meanwhile)."""
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+            self._spawn(self._group_commit())
+        await asyncio.shield(self._commit)
+
+    async def _group_commit(self) -> None:
+        await asyncio.sleep(GROUP_COMMIT_S)
+        done, self._commit = self._commit, None
+        try:
+            await self._flush_selection()
+        except Exception as e:  # noqa: BLE001 - every waiting feedback gets the store's error
+            if done is not None and not done.done():
+                done.set_exception(e)
+                done.exception()  # retrieved: the callers may have gone
+            return
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def selection(self, app_name: str, context: str | None = None) -> dict:
         return self.queries.selection(app_name, context)

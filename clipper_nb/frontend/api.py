@@ -279,6 +279,8 @@ class AppsHandler(ApiMixin):
         name = body.pop("name", None)
         if not name:
             raise BadInput("an application needs a 'name'")
+        if not isinstance(name, str):
+            raise BadInput(f"an application's name is a string, got {type(name).__name__}")
         if name in RESERVED_APP_NAMES:
             raise BadInput(f"{name!r} is reserved", f"reserved names: {', '.join(sorted(RESERVED_APP_NAMES))}")
         try:
@@ -294,7 +296,12 @@ class AppHandler(ApiMixin):
 
     @_handle_errors
     async def patch(self, name: str) -> None:
-        self.write_json(await self.engine.update_app(name, **self.load_object()))
+        changes = self.load_object()
+        fixed = sorted({"name", "self"} & set(changes))  # not settings (and they would collide with arguments)
+        if fixed:
+            raise BadInput(f"{', '.join(map(repr, fixed))} cannot be changed",
+                           "an application keeps its name: create another one to rename it")
+        self.write_json(await self.engine.update_app(name, **changes))
 
     @_handle_errors
     async def delete(self, name: str) -> None:

@@ -239,6 +239,20 @@ class SelectionStates:
         self._chosen_dirty.clear()
         return rows
 
+    def keep_dirty(self, rows: list[tuple[str, str, dict]]) -> None:
+        """Rows :meth:`take_dirty` handed over that could not be written: they are dirty
+        again (a failed flush must not forget them), unless they changed or went since."""
+        for app, context, _ in rows:
+            if context.startswith(CHOICE_PREFIX):
+                try:
+                    key = (app, _digest_of(context))
+                except (ValueError, binascii.Error):
+                    continue
+                if key in self._chosen:
+                    self._chosen_dirty.add(key)
+            elif (app, context) in self.states:
+                self.dirty.add((app, context))
+
     def take_deleted(self) -> dict[str, list[str]]:
         """Per app, the saved choice rows (contexts) to delete since the last call; clears the set."""
         gone: dict[str, list[str]] = {}
