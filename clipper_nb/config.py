@@ -84,6 +84,13 @@ class ClipperNB(Configurable):
              "size; never under 1 s) marks its replica hung: the replica is replaced and its queries are "
              "retried one by one or answered with the default output. 0: only hang_timeout_s applies.",
     ).tag(config=True)
+    access_log = Bool(
+        False, help="Log every request. Off: only errors (4xx/5xx) and requests slower than slow_request_ms "
+        "are logged, so a busy server's log stays readable (and off the hot path).",
+    ).tag(config=True)
+    slow_request_ms = Float(
+        1000.0, help="Requests slower than this are logged even with access_log off (ms).",
+    ).tag(config=True)
     shutdown_grace_s = Float(
         10.0, help="On SIGTERM, how long the server keeps answering the requests already in flight (it "
         "accepts no new connections meanwhile) before it closes them and stops the workers.",

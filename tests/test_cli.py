@@ -50,3 +50,14 @@ def test_serve_on_a_busy_port_or_a_used_state_dir_says_so_without_a_traceback(se
     assert busy.returncode == 1 and "the port is in use" in busy.stderr and "Traceback" not in busy.stderr
     used = _clipper_nb("serve", "--port=0", f"--state-dir={serve.state_dir}", env=env)
     assert used.returncode == 1 and "another clipper-nb server" in used.stderr and "Traceback" not in used.stderr
+
+
+def test_the_access_log_has_errors_and_slow_requests_only_unless_asked(serve):
+    import requests
+
+    before = open(serve.log_path).read()
+    for _ in range(20):
+        requests.get(f"{serve.url}/api/health", headers={"Authorization": f"token {serve.token}"}, timeout=30)
+    requests.get(f"{serve.url}/api/health", timeout=30)  # a 401
+    added = open(serve.log_path).read()[len(before):]
+    assert "200 GET /api/health" not in added and "401 GET /api/health" in added

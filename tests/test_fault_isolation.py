@@ -437,3 +437,31 @@ def stubborn(batch):
 
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # a model library that swallows SIGTERM
     return [row[0] for row in batch]
+
+
+async def test_a_stopped_replica_under_load_is_replaced_and_nothing_is_lost(served):
+    """SIGSTOP one of two replicas (a frozen process: no crash, no exit, no heartbeat) while
+    queries flow: every query gets a prediction or its default, none an error, and the
+    frozen replica is replaced (its batch by the hang watch, or by the heartbeat timeout)."""
+    import os
+    import signal as _signal
+
+    served.client().deploy(row_sums, "frozen", app="frozen", slo_ms=1000, replicas=2)
+    for i in range(20):
+        requests.post(f"{served.url}/frozen/predict", json={"input": valid(i)}, timeout=10)
+    before = replicas(served.url, "frozen")
+    victim = before[0]["pid"]
+    load = asyncio.ensure_future(traffic(served.url, "frozen", [("valid", valid, 40, 0, 8)]))
+    await asyncio.sleep(1.0)
+    os.kill(victim, _signal.SIGSTOP)
+    try:
+        await asyncio.to_thread(wait_until, lambda: replicas(served.url, "frozen")[0]["pid"] not in (None, victim),
+                                15, 0.1, "the frozen replica to be replaced")
+    finally:
+        try:
+            os.kill(victim, _signal.SIGKILL)  # if the test failed, do not leave it frozen
+        except ProcessLookupError:
+            pass
+    counts = tally((await load)["valid"])
+    print(f"\n[sigstop] {counts}")
+    assert counts["error"] == 0 and counts["ok"] > 0.8 * sum(counts.values()), counts

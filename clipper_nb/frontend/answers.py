@@ -5,6 +5,7 @@ Shared by every handler of the frontend (the Clipper API, the V2 protocol, the d
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from clipper_nb.errors import (BadInput, ClipperError, Forbidden, PayloadTooLarge, Unauthorized,
                                UnsupportedMediaType)
 
-__all__ = ["PUBLIC_SERVER_ERRORS", "error_body"]
+__all__ = ["PUBLIC_SERVER_ERRORS", "error_body", "handle_errors"]
 
 log = logging.getLogger("clipper_nb.frontend")
 
@@ -38,3 +39,19 @@ def error_body(handler: Any, exc: ClipperError) -> dict:
     if not isinstance(exc, (BadInput, PayloadTooLarge, Unauthorized, Forbidden, UnsupportedMediaType)):
         body["cause"] = name  # e.g. NotFound's cause lists the applications that exist
     return body
+
+
+def handle_errors(method):
+    """A handler method whose ``ClipperError`` becomes its answer (the handler's
+    ``send_error_for``: Clipper's or V2's body); anything else is our bug (a 500)."""
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except ClipperError as e:
+            if e.status >= 500:
+                log.warning("%s %s: %s", self.request.method, self.request.path, e.message)
+            self.send_error_for(e)
+
+    return wrapper

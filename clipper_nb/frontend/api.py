@@ -41,7 +41,7 @@ from clipper_nb.errors import (
     UnsupportedMediaType,
 )
 from clipper_nb.frontend import dashboard, v2
-from clipper_nb.frontend.answers import error_body
+from clipper_nb.frontend.answers import error_body, handle_errors
 from clipper_nb.wire.codec import to_jsonable
 
 log = logging.getLogger("clipper_nb.frontend.api")
@@ -199,22 +199,6 @@ def _context_of(body: dict) -> str | None:
     return context
 
 
-def _handle_errors(method):
-    """Turn ``ClipperError`` into its JSON answer; anything else is our bug (a 500)."""
-    import functools
-
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        try:
-            return await method(self, *args, **kwargs)
-        except ClipperError as e:
-            if e.status >= 500:
-                log.warning("%s %s: %s", self.request.method, self.request.path, e.message)
-            self.send_error_for(e)
-
-    return wrapper
-
-
 # ====================================================================== query API
 
 
@@ -223,7 +207,7 @@ class PredictHandler(ApiMixin):
 
     access = "predict"
 
-    @_handle_errors
+    @handle_errors
     async def post(self, app: str) -> None:
         body = self.load_object(self.max_query_bytes)
         context = _context_of(body)
@@ -242,7 +226,7 @@ class UpdateHandler(ApiMixin):
 
     access = "predict"
 
-    @_handle_errors
+    @handle_errors
     async def post(self, app: str) -> None:
         body = self.load_object(self.max_query_bytes)
         missing = [k for k in ("input", "label") if k not in body]
@@ -269,11 +253,11 @@ class HealthHandler(ApiMixin):
 
 
 class AppsHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def get(self) -> None:
         self.write_json({"apps": self.engine.list_apps()})
 
-    @_handle_errors
+    @handle_errors
     async def post(self) -> None:
         body = self.load_object()
         name = body.pop("name", None)
@@ -290,11 +274,11 @@ class AppsHandler(ApiMixin):
 
 
 class AppHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def get(self, name: str) -> None:
         self.write_json(self.engine.describe_app(name))
 
-    @_handle_errors
+    @handle_errors
     async def patch(self, name: str) -> None:
         changes = self.load_object()
         fixed = sorted({"name", "self"} & set(changes))  # not settings (and they would collide with arguments)
@@ -303,14 +287,14 @@ class AppHandler(ApiMixin):
                            "an application keeps its name: create another one to rename it")
         self.write_json(await self.engine.update_app(name, **changes))
 
-    @_handle_errors
+    @handle_errors
     async def delete(self, name: str) -> None:
         await self.engine.delete_app(name)
         self.write_json({"deleted": name})
 
 
 class LinksHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def post(self, app: str) -> None:
         model = self.load_object().get("model")
         if not isinstance(model, str):
@@ -319,13 +303,13 @@ class LinksHandler(ApiMixin):
 
 
 class LinkHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def delete(self, app: str, model: str) -> None:
         self.write_json(await self.engine.unlink(app, model))
 
 
 class SelectionHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def get(self, app: str) -> None:
         self.write_json(self.engine.selection(app, self.get_query_argument("context", None)))
 
@@ -338,11 +322,11 @@ class ModelsHandler(ApiMixin):
     body_limit = "deploy"  # POST carries the pickled model
     content_types = ("application/octet-stream",)
 
-    @_handle_errors
+    @handle_errors
     async def get(self) -> None:
         self.write_json({"models": self.engine.list_models()})
 
-    @_handle_errors
+    @handle_errors
     async def post(self) -> None:
         """Deploy: the body is the pickled artifact, ``X-Clipper-Deploy`` a JSON header
         ``{"name", "meta": {...}, "replicas", ...}``."""
@@ -369,11 +353,11 @@ class ModelsHandler(ApiMixin):
 
 
 class ModelHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def get(self, name: str) -> None:
         self.write_json(self.engine.describe_model(name))
 
-    @_handle_errors
+    @handle_errors
     async def patch(self, name: str) -> None:
         body = self.load_object()
         if set(body) != {"replicas"}:
@@ -381,14 +365,14 @@ class ModelHandler(ApiMixin):
                            "use /rollback to change the version")
         self.write_json(await self.engine.scale(name, body["replicas"]))
 
-    @_handle_errors
+    @handle_errors
     async def delete(self, name: str) -> None:
         await self.engine.undeploy(name)
         self.write_json({"undeployed": name})
 
 
 class RollbackHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def post(self, name: str) -> None:
         version = self.load_object().get("version")
         if version is None:
@@ -399,7 +383,7 @@ class RollbackHandler(ApiMixin):
 class LogsHandler(ApiMixin):
     """``GET /api/models/<name>/logs?tail=BYTES``: the end of each replica's log (token holders)."""
 
-    @_handle_errors
+    @handle_errors
     async def get(self, name: str) -> None:
         try:
             tail = int(self.get_query_argument("tail", "20000"))
@@ -409,7 +393,7 @@ class LogsHandler(ApiMixin):
 
 
 class StatusHandler(ApiMixin):
-    @_handle_errors
+    @handle_errors
     async def get(self) -> None:
         self.write_json({"replicas": self.engine.status(), "ready": self.engine.ready.is_set()})
 
@@ -417,7 +401,7 @@ class StatusHandler(ApiMixin):
 class MetricsJSONHandler(ApiMixin):
     access = "metrics"
 
-    @_handle_errors
+    @handle_errors
     async def get(self) -> None:
         since = self.get_query_argument("since", None)
         try:
@@ -459,7 +443,7 @@ class DashboardTicksHandler(ApiMixin):
 
     access = "metrics"
 
-    @_handle_errors
+    @handle_errors
     async def get(self) -> None:
         try:
             cursors = dashboard.cursors_from_json(self.get_query_argument("cursor", None))

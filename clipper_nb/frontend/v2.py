@@ -56,7 +56,6 @@ version; not ready: 400 (the protocol's "4xx means false").
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.metadata
 import logging
 import zlib
@@ -74,7 +73,7 @@ from clipper_nb.errors import (
     Unavailable,
     UserError,
 )
-from clipper_nb.frontend.answers import error_body
+from clipper_nb.frontend.answers import error_body, handle_errors
 from clipper_nb.wire import v2 as wire
 
 __all__ = ["MAX_INFER_BYTES", "routes"]
@@ -133,21 +132,6 @@ class V2Mixin:
         return self.settings.setdefault(_SEEN, {})  # type: ignore[attr-defined]
 
 
-def _v2_errors(method):
-    """A ``ClipperError`` becomes its V2 error answer; anything else is our bug (a 500)."""
-
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        try:
-            return await method(self, *args, **kwargs)
-        except ClipperError as e:
-            if e.status >= 500:
-                log.warning("%s %s: %s", self.request.method, self.request.path, e.message)
-            self.send_error_for(e)
-
-    return wrapper
-
-
 # ====================================================================== health and metadata
 
 
@@ -180,7 +164,7 @@ class ServerMetadataHandler(V2Mixin):
 class ModelMetadataHandler(V2Mixin):
     """``GET v2/models/<app>`` or ``v2/models/<model>/versions/<v>``."""
 
-    @_v2_errors
+    @handle_errors
     async def get(self, name: str, version: str | None = None) -> None:
         engine, seen = self.engine, self.seen()
         if version is None:
@@ -203,7 +187,7 @@ class ModelMetadataHandler(V2Mixin):
 class ModelReadyHandler(V2Mixin):
     """``GET v2/models/<app>[/versions/<v>]/ready``: 200 when a replica can answer, else 400."""
 
-    @_v2_errors
+    @handle_errors
     async def get(self, name: str, version: str | None = None) -> None:
         engine = self.engine
         if version is None:
@@ -226,7 +210,7 @@ class ModelReadyHandler(V2Mixin):
 class InferHandler(V2Mixin):
     """``POST v2/models/<app>[/versions/<v>]/infer``."""
 
-    @_v2_errors
+    @handle_errors
     async def post(self, name: str, version: str | None = None) -> None:
         req = wire.parse_request(self._body(), self.request.headers.get(wire.HEADER_LENGTH))
         if version is None:
