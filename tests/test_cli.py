@@ -61,3 +61,24 @@ def test_the_access_log_has_errors_and_slow_requests_only_unless_asked(serve):
     requests.get(f"{serve.url}/api/health", timeout=30)  # a 401
     added = open(serve.log_path).read()[len(before):]
     assert "200 GET /api/health" not in added and "401 GET /api/health" in added
+
+
+def test_load_reads_the_feature_count_and_misses_the_cache_by_default(serve):
+    import json as _json
+
+    serve.client().deploy(_lr(), "lr4", app="lr4", slo_ms=2000)
+    done = _clipper_nb("load", "lr4", f"--url={serve.url}", f"--token={serve.token}", "--concurrency=4",
+                       "--max-requests=300", "--duration=20s", "--json", "--quiet")
+    assert done.returncode == 0, done.stderr
+    result = _json.loads(done.stdout)
+    assert result["requests"] == 300 and result["errors"] == 0
+    cache = serve.client().metrics()["models"]["lr4"]["cache"]
+    assert cache["misses"] >= 300 and cache["hits"] == 0, cache  # 300 distinct inputs: every one computed
+
+
+def _lr():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    return LogisticRegression().fit(rng.random((40, 4)), [0, 1] * 20)

@@ -53,3 +53,37 @@ def test_errors_carry_their_cause_and_tables_show_times(server, client):
     assert "no application named 'digit'" in str(e.value) and "digits" in str(e.value)
     apps = client.apps()
     assert pd.api.types.is_datetime64_any_dtype(apps["created"])
+
+
+def _pipeline():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    frame = pd.DataFrame({"age": [20, 35, 50, 65, 30, 45, 60, 25], "city": ["Lyon", "Paris", "Lyon", "Nice",
+                                                                          "Nice", "Paris", "Lyon", "Paris"]})
+    labels = [0, 1, 0, 1, 1, 0, 1, 0]
+    pre = ColumnTransformer([("city", OneHotEncoder(handle_unknown="ignore"), ["city"]), ("age", "passthrough", ["age"])])
+    return make_pipeline(pre, LogisticRegression()).fit(frame, labels), frame
+
+
+def test_records_reach_a_pipeline_as_a_dataframe(server, client):
+    """A scikit-learn pipeline that selects columns by name: rows as named fields, queried
+    one by one, as a DataFrame batch, and with the wrong fields (a clear 400)."""
+    from clipper_nb.errors import BadInput
+
+    model, frame = _pipeline()
+    ep = client.deploy(model, "by-name", app="people", input_type="records", slo_ms=3000)
+    assert ep["input_type"] == "records"
+    want = model.predict(frame).tolist()
+    assert client.predict("people", {"age": 20, "city": "Lyon"})["output"] == want[0]
+    assert client.predict("people", frame.iloc[3])["output"] == want[3]  # a pandas Series is one row
+    assert [r["output"] for r in client.predict_batch("people", frame)] == want  # a DataFrame: a row per query
+    with pytest.raises(BadInput, match="missing: city") as e:
+        client.predict("people", {"age": 20})
+    assert "fitted on: age, city" in str(e.value) or "fitted on: city, age" in str(e.value)
+    with pytest.raises(BadInput, match="unknown: zip"):
+        client.predict("people", {"age": 20, "city": "Lyon", "zip": "69001"})
+    with pytest.raises(BadInput, match="named fields"):
+        client.predict("people", [20, 1.0])

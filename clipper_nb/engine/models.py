@@ -52,8 +52,8 @@ LAZY_BACKENDS = ("ray",)
 PRELOADABLE = ("sklearn", "torch", "scipy", "pandas", "xgboost", "lightgbm")
 
 #: What a stored version spec keeps of the artifact's meta.
-_VERSION_META = ("kind", "method", "input_shape", "object_type", "versions", "python_executable", "cwd",
-                 "pickled_by_value")
+_VERSION_META = ("kind", "method", "input_shape", "feature_names", "object_type", "versions", "python_executable",
+                 "cwd", "pickled_by_value")
 
 #: An old version drains its queue for at most this many 0.1 s rounds before it stops.
 _RETIRE_ROUNDS = 50
@@ -136,7 +136,8 @@ class ModelManager:
             versions = self.registry.versions.setdefault(name, {})
             version = _next_version(name, versions, version)
             vspec = _version_spec(name, version, meta, input_type)
-            await self._db(self.store.write_artifact, name, version, payload, meta)
+            # The worker reads the artifact's meta: a records model gets DataFrames.
+            await self._db(self.store.write_artifact, name, version, payload, {**meta, "input_type": vspec["input_type"]})
             try:
                 await self._activate(spec, vspec)
             except BaseException:

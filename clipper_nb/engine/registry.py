@@ -118,10 +118,12 @@ class Registry:
         """The apps that ``model`` is linked to."""
         return [a for a in self.apps.values() if model in a.models]
 
-    def expected_shape(self, app: App) -> list[int] | None:
-        """The input shape of the first linked model that declares one."""
+    def expected_shape(self, app: App) -> list | None:
+        """What one input must look like, from the first linked model that says: its shape
+        for numeric inputs, the column names it was fitted on for ``records``."""
+        key = "feature_names" if app.input_type == "records" else "input_shape"
         for m in app.models:
-            shape = self.current_version(m).get("input_shape")
+            shape = self.current_version(m).get(key)
             if shape:
                 return shape
         return None

@@ -204,14 +204,20 @@ class Client:
 
     # ------------------------------------------------------------------ queries
     def predict(self, app: str, x: Any, context: str | None = None) -> dict:
-        """One query: ``{"query_id", "output", "default", ...}``."""
+        """One query: ``{"query_id", "output", "default", ...}``. For a ``records`` app, ``x``
+        is a dict of named fields (or a pandas Series: one row of a DataFrame)."""
+        if callable(getattr(x, "to_dict", None)) and not hasattr(x, "columns"):  # a pandas Series
+            x = x.to_dict()
         body: dict[str, Any] = {"input": x}
         if context is not None:
             body["context"] = context
         return self._request("POST", f"{quote(app)}/predict", json_body=body, idempotent=True)
 
     def predict_batch(self, app: str, xs: Any, context: str | None = None) -> list[dict]:
-        """Many queries in one request: one result dict per row."""
+        """Many queries in one request: one result dict per row (``xs`` may be a pandas
+        DataFrame for a ``records`` app: each row is one query, its columns the fields)."""
+        if callable(getattr(xs, "to_dict", None)) and hasattr(xs, "columns"):  # a pandas DataFrame: its rows
+            xs = xs.to_dict("records")
         body: dict[str, Any] = {"input_batch": list(xs) if not isinstance(xs, np.ndarray) else xs}
         if context is not None:
             body["context"] = context

@@ -382,6 +382,10 @@ def _fetch_slo_ms(url: str, app: str, token: str) -> float | None:
         return None  # an SLO is a nicety here; the load runs without one
 
 
+#: Floats a default random input set holds (64 features: 7,812 distinct rows; at least 1,024 rows).
+DISTINCT_FLOATS = 500_000
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipper-nb load",
                                 description="Send prediction queries to APP and report latency, "
@@ -404,10 +408,12 @@ def _build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help="one input as JSON, e.g. '[1.0, 2.0]'")
     src.add_argument("--input-file", help="a JSON file holding a list of inputs")
-    src.add_argument("--features", type=int, metavar="D", help="random float vectors of dimension D")
-    p.add_argument("--distinct", type=int, default=1024,
-                   help="how many random vectors --features cycles through; repeats hit "
-                        "the prediction cache (default 1024)")
+    src.add_argument("--features", type=int, metavar="D",
+                     help="random float vectors of dimension D (default, with --token: the app's model's)")
+    p.add_argument("--distinct", type=int, default=None,
+                   help="how many random vectors --features cycles through; repeats hit the prediction "
+                        f"cache (default: {DISTINCT_FLOATS:,} floats' worth, at least 1,024 vectors, so a "
+                        "load exercises the batcher, not the cache)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", action="store_true", help="no live progress line")
     return p
@@ -422,10 +428,29 @@ def _load_inputs(args: argparse.Namespace) -> list[Any]:
         if not isinstance(data, list) or not data:
             raise ValueError(f"{args.input_file} must hold a non-empty JSON list of inputs")
         return data
-    if args.features is not None:
+    features = args.features if args.features is not None else _fetch_features(args.url, args.app, args.token)
+    if features is not None:
+        distinct = args.distinct or max(1024, DISTINCT_FLOATS // max(1, features))
         rng = np.random.default_rng(args.seed)
-        return rng.random((max(1, args.distinct), args.features)).round(6).tolist()
-    raise ValueError("say what to send: --input JSON, --input-file F.json or --features D")
+        return rng.random((max(1, distinct), features)).round(6).tolist()
+    raise ValueError("say what to send: --input JSON, --input-file F.json or --features D "
+                     "(or give --token, and the model's feature count is read from the server)")
+
+
+def _fetch_features(url: str, app: str, token: str | None) -> int | None:
+    """The feature count of ``app``'s first linked model that declares an input shape."""
+    if not token:
+        return None
+    get = lambda path: json.loads(urllib.request.urlopen(urllib.request.Request(  # noqa: E731
+        f"{url.rstrip('/')}/{path}", headers={"Authorization": f"token {token}"}), timeout=5).read())
+    try:
+        for model in get(f"api/apps/{app}").get("models") or []:
+            shape = get(f"api/models/{model}").get("input_shape")
+            if shape and len(shape) == 1:
+                return int(shape[0])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # the caller then asks for --features
+    return None
 
 
 def cli_main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,14 @@ def input_shape(obj: Any, kind: str) -> list[int] | None:
     return None
 
 
+def feature_names(obj: Any) -> list[str] | None:
+    """The column names a scikit-learn model was fitted on (``feature_names_in_``), if any."""
+    names = getattr(obj, "feature_names_in_", None)
+    if names is None and hasattr(obj, "steps"):  # a Pipeline whose first step knows
+        names = getattr(obj.steps[0][1], "feature_names_in_", None)
+    return [str(n) for n in names] if names is not None else None
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for dist in ("numpy", "scikit-learn", "torch", "cloudpickle", "clipper-nb", "pandas"):
@@ -150,6 +158,7 @@ def package(obj: Any, method: str | None = None) -> tuple[bytes, dict]:
         "kind": kind,
         "method": method,
         "input_shape": input_shape(obj, kind),
+        "feature_names": feature_names(obj),
         "object_type": f"{type(obj).__module__}.{type(obj).__qualname__}",
         "versions": library_versions(),
         "python_executable": sys.executable,
@@ -197,7 +206,20 @@ def load(payload: bytes, meta: dict, device: str = "auto", threads: int | None =
     if kind == "torch":
         return _torch_predictor(obj, device, threads)
     fn = getattr(obj, method) if method else obj
+    if meta.get("input_type") == "records":
+        fn = _records_as_frame(fn, meta.get("feature_names"))
     return Predictor(kind, "cpu", fn)
+
+
+def _records_as_frame(fn: Callable[[Any], Any], columns: list[str] | None) -> Callable[[Any], Any]:
+    """A ``records`` model gets its batch as one pandas DataFrame (a row per query, the
+    columns in the order the model was fitted on), as a pipeline selecting columns by name needs."""
+    import pandas as pd
+
+    def predict(batch: Any) -> Any:
+        return fn(pd.DataFrame.from_records(list(batch), columns=columns))
+
+    return predict
 
 
 def _version_note(meta: dict) -> str:

@@ -44,7 +44,9 @@ NUMERIC_TYPES: dict[str, np.dtype] = {
     "ints": np.dtype(np.int64),
     "integers": np.dtype(np.int64),
 }
-OTHER_TYPES = ("strings", "bytes", "json")
+OTHER_TYPES = ("strings", "bytes", "json", "records")
+#: Most named fields of one ``records`` input (a row of a table).
+MAX_RECORD_FIELDS = 1024
 INPUT_TYPES = tuple(NUMERIC_TYPES) + OTHER_TYPES
 #: Most dimensions of one numeric input: a batch stacks inputs along one more axis, and
 #: numpy arrays have at most 64 (32 before numpy 2).
@@ -114,8 +116,35 @@ def decode_input(input_type: str, x: Any, shape: Sequence[int] | None = None) ->
             return base64.b64decode(x, validate=True)
         except ValueError as e:
             raise BadInput("input is not valid base64", str(e)) from None
+    if input_type == "records":
+        return decode_record(x, shape)
     _check_depth(x)
     return x  # "json": any JSON value, passed as is
+
+
+def decode_record(x: Any, fields: Sequence[str] | None = None) -> dict:
+    """One row of a table: ``{"age": 41, "city": "Lyon"}``, its values plain scalars. With the
+    model's ``fields`` (scikit-learn's ``feature_names_in_``) known, it must name exactly those,
+    so a pipeline selecting columns by name never meets a column it does not know."""
+    if not isinstance(x, dict):
+        raise BadInput("input must be an object of named fields for input_type 'records'",
+                       f'got {type(x).__name__}; send e.g. {{"input": {{"age": 41, "city": "Lyon"}}}}')
+    if not x or len(x) > MAX_RECORD_FIELDS:
+        raise BadInput(f"a record has 1 to {MAX_RECORD_FIELDS} fields, got {len(x)}")
+    bad = [k for k, v in x.items() if not isinstance(v, (str, int, float, bool)) and v is not None]
+    if bad:
+        raise BadInput(f"record field(s) {', '.join(map(repr, bad[:5]))} are not numbers, strings, booleans or null",
+                       "a record is one row: one plain value per field")
+    if fields:
+        missing = [f for f in fields if f not in x]
+        unknown = [k for k in x if k not in set(fields)]
+        if missing or unknown:
+            raise BadInput("the record's fields do not match the model's "
+                           + "; ".join(part for part in (f"missing: {', '.join(missing[:10])}" if missing else "",
+                                                         f"unknown: {', '.join(unknown[:10])}" if unknown else "")
+                                       if part),
+                           f"the model was fitted on: {', '.join(fields[:20])}")
+    return x
 
 
 def _check_array(arr: np.ndarray) -> None:
