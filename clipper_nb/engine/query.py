@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,12 +271,12 @@ class QueryPath:
         if outcome.evicted:
             await self._db(self.store.delete_contexts, app_name, outcome.evicted)
         for ctx, state in outcome.states.items():
-            self.metrics.record_weights(app_name, ctx or "default", _normalised(state.log_weights),
+            self.metrics.record_weights(app_name, ctx or "default", selection.normalised_weights(state.log_weights),
                                         policy.probabilities(state))
         for m, loss in losses.items():
             self.metrics.record_model_loss(app_name, m, loss)
         final = outcome.states[context or ""]
-        return {"app": app_name, "context": context, "losses": losses, "weights": _normalised(final.log_weights),
+        return {"app": app_name, "context": context, "losses": losses, "weights": selection.normalised_weights(final.log_weights),
                 "probabilities": policy.probabilities(final), "updates": final.updates}
 
     def _choice(self, app: App, policy: selection.Policy, x: Any) -> Choice | None:
@@ -318,7 +317,7 @@ class QueryPath:
         app = self.registry.app(app_name)
         state = self._state(app, context)
         policy = self.registry.policies[app.name]
-        return {"app": app.name, "context": context, "policy": app.policy, "weights": _normalised(state.log_weights),
+        return {"app": app.name, "context": context, "policy": app.policy, "weights": selection.normalised_weights(state.log_weights),
                 "probabilities": policy.probabilities(state), "counts": state.counts, "cum_loss": state.cum_loss,
                 "updates": state.updates, "contexts": self.states.contexts(app.name)}
 
@@ -393,15 +392,6 @@ async def _wait_all(futures: list[asyncio.Future], timeout: float) -> None:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _normalised(log_weights: dict[str, float]) -> dict[str, float]:
-    if not log_weights:
-        return {}
-    top = max(log_weights.values())
-    w = {m: math.exp(v - top) for m, v in log_weights.items()}
-    total = sum(w.values())
-    return {m: v / total for m, v in w.items()}
 
 
 def _json_kind(value: Any) -> str:

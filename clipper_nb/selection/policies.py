@@ -39,7 +39,7 @@ from clipper_nb.wire.codec import to_jsonable
 __all__ = [
     "LOSSES", "POLICIES", "Combined", "Draw", "EpsilonGreedyPolicy", "Exp3Policy", "Exp4Policy",
     "Option", "Policy", "SelectionState", "SinglePolicy", "ThompsonPolicy", "abs_loss",
-    "combine_outputs", "make_loss", "make_policy", "to_jsonable", "zero_one_loss",
+    "combine_outputs", "make_loss", "make_policy", "normalised_weights", "to_jsonable", "zero_one_loss",
 ]
 
 Loss = Callable[[Any, Any], float]
@@ -199,7 +199,8 @@ class SelectionState:
                               extra, self.updates)
 
 
-def _softmax(log_weights: dict[str, float]) -> dict[str, float]:
+def normalised_weights(log_weights: dict[str, float]) -> dict[str, float]:
+    """Log-space weights as weights summing to 1 (a softmax, stable for any scale)."""
     if not log_weights:
         return {}
     top = max(log_weights.values())
@@ -557,7 +558,7 @@ class Exp3Policy(Policy):
 
     def probabilities(self, state: SelectionState) -> dict[str, float]:
         gamma, k = self._options["gamma"], len(state.log_weights)
-        return {m: (1 - gamma) * s + gamma / k for m, s in _softmax(state.log_weights).items()}
+        return {m: (1 - gamma) * s + gamma / k for m, s in normalised_weights(state.log_weights).items()}
 
     def draw(self, state: SelectionState, rng: random.Random) -> Draw:
         if not state.log_weights:
@@ -594,7 +595,7 @@ class Exp4Policy(Policy):
     OPTIONS = (_ETA, _FLOOR)
 
     def probabilities(self, state: SelectionState) -> dict[str, float]:
-        return _softmax(state.log_weights)
+        return normalised_weights(state.log_weights)
 
     def select(self, state: SelectionState, rng: random.Random) -> list[str]:
         return state.models
