@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from clipper_nb import __version__
 
@@ -59,7 +60,11 @@ def test_the_access_log_has_errors_and_slow_requests_only_unless_asked(serve):
     for _ in range(20):
         requests.get(f"{serve.url}/api/health", headers={"Authorization": f"token {serve.token}"}, timeout=30)
     requests.get(f"{serve.url}/api/health", timeout=30)  # a 401
-    added = open(serve.log_path).read()[len(before):]
+    deadline = time.monotonic() + 10  # tornado writes the line after the answer is sent
+    while "401 GET /api/health" not in (added := open(serve.log_path).read()[len(before):]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert "200 GET /api/health" not in added and "401 GET /api/health" in added
 
 
