@@ -77,7 +77,7 @@ def test_committed_notebook_has_no_outputs(name: str) -> None:
                 "on a clean copy, or clear the outputs")
 
 
-@pytest.mark.parametrize("name", [*NOTEBOOKS, "_nbhelpers"])
+@pytest.mark.parametrize("name", [*NOTEBOOKS, *sorted(f[:-3] for f in os.listdir(NOTEBOOKS_DIR) if re.fullmatch(r"_[a-z0-9_]+\.py", f))])
 def test_source_compiles_as_ipython_would(name: str) -> None:
     path = os.path.join(NOTEBOOKS_DIR, f"{name}.py")
     with open(path) as f:

@@ -34,20 +34,23 @@ import requests
 
 from _jupyter_fixtures import JUPYTER_TOKEN, REPO, JupyterServer
 from conftest import wait_until, worker_pids
+from nbchecks import OURS, PAPER, SETUP, unit
 
 NOTEBOOKS_DIR = os.path.join(REPO, "notebooks")
 ARTIFACTS_DIR = os.path.join(REPO, "test-artifacts", "notebooks")
-#: Every notebook, by the name of its source ``notebooks/NN-name.py``; each needs a check in CHECKS.
+#: Every notebook, by the name of its source ``notebooks/NN-name.py``; each needs a check in tests/nbchecks/nbNN.py.
 NOTEBOOKS = sorted(f[:-3] for f in os.listdir(NOTEBOOKS_DIR) if re.fullmatch(r"\d\d-[a-z0-9-]+\.py", f))
-#: Column names every notebook's final ``summary`` table uses.
-OURS, PAPER = "clipper-nb (measured)", "paper"
+#: The notebooks' helper modules (``_nbhelpers.py``, ``_lessonNN.py``): copied beside them.
+NOTEBOOK_HELPERS = sorted(f for f in os.listdir(NOTEBOOKS_DIR) if re.fullmatch(r"_[a-z0-9_]+\.py", f))
 #: Longest a single cell may run; a notebook as a whole should take well under 2 minutes.
 CELL_TIMEOUT_S = 150
 
-# Read back the final table from the kernel after the last cell (not saved in the notebook).
+# Read back the final table and the exercises' reference answers from the kernel after the
+# last cell (not saved in the notebook).
 _PROBE = """\
 import json as _json
-print(_json.dumps({"columns": [str(c) for c in summary.columns],
+print(_json.dumps({"exercises": exercises.verify_references() if "exercises" in globals() else None,
+                   "columns": [str(c) for c in summary.columns],
                    "index": [str(i) for i in summary.index],
                    "rows": [[None if v is None else (v if isinstance(v, (int, float, str)) else str(v))
                              for v in row] for row in summary.itertuples(index=False)]}, default=str))
@@ -130,109 +133,31 @@ async def _execute(jp: JupyterServer, nb: Any, name: str, kernel_id: str) -> tup
     return nb, json.loads(text), elapsed
 
 
-def _cell(table: dict, row: str, column: str = OURS) -> Any:
-    return table["rows"][table["index"].index(row)][table["columns"].index(column)]
+def _checks() -> dict[str, Callable[[dict], None]]:
+    """Each notebook's check of its final table: ``tests/nbchecks/nbNN.py``'s ``check``."""
+    import importlib
 
-
-def _number(value: Any) -> float:
-    """The leading number of a table cell such as ``12.3`` or ``"12.3x"``."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = re.match(r"\s*([-+]?[0-9]*\.?[0-9]+)", str(value))
-    assert match, f"no number in {value!r}"
-    return float(match.group(1))
-
-
-def _numbers(value: Any) -> list[float]:
-    """Every number in a cell such as ``"0.973 / 0.767 / 0.973"`` or ``"42 -> 16"``."""
-    return [float(v) for v in re.findall(r"[-+]?[0-9]*\.?[0-9]+", str(value))]
-
-
-# What each notebook must show on its final table (row labels are the table's index).
-# Margins are wide on purpose: they check the paper's finding, not this machine's speed.
-CHECKS: dict[str, Callable[[dict], None]] = {}
-
-
-def check(name: str) -> Callable[[Callable[[dict], None]], Callable[[dict], None]]:
-    def register(fn: Callable[[dict], None]) -> Callable[[dict], None]:
-        CHECKS[name] = fn
-        return fn
-
-    return register
-
-
-@check("01-quickstart")
-def _check_quickstart(t: dict) -> None:
-    assert _number(_cell(t, "p99 latency at 50 q/s (ms)")) > 0
-    v1, v2, back = _numbers(_cell(t, "served accuracy v1 / v2 / after rollback"))
-    assert v1 > 0.9 and v2 < v1 and back == v1, (v1, v2, back)  # the rollback serves version 1 again
-
-
-@check("02-adaptive-batching")
-def _check_batching(t: dict) -> None:
-    # Batching off serves at most 100 rows/s of the 10 ms model; AIMD carries hundreds more.
-    assert _number(_cell(t, "AIMD vs no batching, 10 ms-per-call model (× goodput)")) >= 3
-    assert _number(_cell(t, "fixed batch of 8 vs no batching, 10 ms-per-call model (×)")) >= 2
-    assert _number(_cell(t, "AIMD vs no batching, linear SVM (× goodput)")) >= 1.5
-    assert _number(_cell(t, "delayed batching 2 ms vs none, linear SVM (× goodput)")) > 0
-    # How much the delay fills batches depends on the arrival pattern: shown, not judged.
-    assert len(_numbers(_cell(t, "mean batch without / with the 2 ms delay"))) == 2
-    at_100, at_25 = _numbers(_cell(t, "AIMD batch cap, SLO 100 ms -> 25 ms"))
-    assert at_25 < at_100, "tightening the SLO should shrink the batch cap"
-
-
-@check("03-prediction-cache")
-def _check_cache(t: dict) -> None:
-    assert _number(_cell(t, "rows computed for 16 identical concurrent queries")) == 1
-    cached, recomputed = _numbers(_cell(t, "model evaluations per model for 600 feedbacks, cached / not"))
-    assert cached == 0 and recomputed == 600, (cached, recomputed)
-    assert _number(_cell(t, "cache hit rate, Zipf(1.2) over 2,000 inputs")) > 0.5
-    assert _number(_cell(t, "feedback, predictions in the cache (updates/s)")) > 0
-
-
-@check("04-model-selection")
-def _check_selection(t: dict) -> None:
-    exp4 = _number(_cell(t, "Exp4 error or failure, best model crashing for 200 of 700 queries"))
-    exp3 = _number(_cell(t, "Exp3 error or failure, same run"))
-    broken = _number(_cell(t, "formerly best model alone (m0)"))
-    assert exp4 < broken and exp3 < broken, (exp4, exp3, broken)
-    # Both move weight off the crashing model within 150 of its 200 failing queries ...
-    drop4, drop3 = _numbers(_cell(t, "weight on m0 < 0.1 after, Exp4 / Exp3 (failing queries)"))
-    assert drop4 < 150 and drop3 < 150, (drop4, drop3)
-    # ... and back once it heals: Exp4 (deterministic) within the run; Exp3, whose
-    # recovery hangs on rare draws of m0, at least on its way (0-5 % of seeds need
-    # more than the 350 queries left).
-    assert _numbers(_cell(t, "weight on m0 > 0.5 again, Exp4 / Exp3 (queries after it heals)"))[0] < 350
-    at_heal, at_end = _numbers(_cell(t, "Exp3 weight on m0 when it heals / at the end"))
-    assert at_end > max(10 * at_heal, 0.1), (at_heal, at_end)
-    all_agree, few_agree, _overall = _numbers(_cell(t, "error when all 5 models agree / 3 or fewer / overall"))
-    assert all_agree < few_agree
-
-
-@check("05-stragglers")
-def _check_stragglers(t: dict) -> None:
-    mitigated = _number(_cell(t, "ensemble p99 with straggler mitigation (ms)"))
-    waiting = _number(_cell(t, "ensemble p99 waiting for every model (ms)"))
-    assert mitigated < waiting, (mitigated, waiting)
-    # A model that missed the deadline counts as disagreeing: its answers are never fully confident.
-    assert _number(_cell(t, "highest confidence of an answer missing a model")) <= 0.75
-
-
-@check("06-personalization")
-def _check_personalization(t: dict) -> None:
-    personal = _number(_cell(t, "error with a context per user (second half)"))
-    assert personal < _number(_cell(t, "error without contexts (second half)"))
-    assert _cell(t, "every user's weights on their own dialect's model") == "yes"
-
-
-@check("07-torch-gpu")
-def _check_torch(t: dict) -> None:
-    assert all(d == "cpu" or d.startswith("cuda") for d in _cell(t, "device the replicas run on").split(", "))
-    assert _number(_cell(t, "AIMD vs batching off (× goodput)")) >= 1.5
-    assert _number(_cell(t, "2 replicas vs 1, AIMD (× goodput)")) > 0
+    return {name: importlib.import_module(f"nbchecks.nb{name[:2]}").check for name in NOTEBOOKS}
 
 
 # ----------------------------------------------------------------------------- the tests
+
+
+def _static_images(nb: Any) -> int:
+    """How many PNG outputs of ``nb`` draw something: more than one colour in the plot area."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    drawn = 0
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {}).get("image/png")
+            if data:
+                image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
+                drawn += len(set(image.getdata())) > 8
+    return drawn
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +167,8 @@ def jupyter(tmp_path_factory):
     root = home / "root"
     root.mkdir()
     # The kernels start in the root, like a notebook's kernel in the notebook's folder.
-    shutil.copy(os.path.join(NOTEBOOKS_DIR, "_nbhelpers.py"), root)
+    for helper in NOTEBOOK_HELPERS:
+        shutil.copy(os.path.join(NOTEBOOKS_DIR, helper), root)
     state = str(home / "state")
     jp = JupyterServer(str(root), state).start()
     try:
@@ -279,12 +205,19 @@ def test_notebook_runs_and_reproduces_the_paper(jupyter: JupyterServer, name: st
     for label, row in zip(table["index"], table["rows"]):
         print(f"  {label}: {dict(zip(table['columns'], row))}")
 
-    assert OURS in table["columns"] and PAPER in table["columns"], table["columns"]
+    assert table["columns"] == [OURS, PAPER, SETUP], table["columns"]
     for label, row in zip(table["index"], table["rows"]):
-        ours, paper = row[table["columns"].index(OURS)], row[table["columns"].index(PAPER)]
+        ours, paper, setup = row
         assert ours not in (None, "", "nan"), f"{name}: no measured value for {label!r}"
         assert paper not in (None, "", "nan"), f"{name}: no paper value for {label!r}"
-    CHECKS[name](table)
+        assert setup not in (None, "", "nan"), f"{name}: {label!r} does not say how its setup differs"
+        # The two columns measure the same kind of quantity (a paper finding in words is compared in words).
+        if unit(paper) is not None:
+            assert unit(ours) == unit(paper), f"{name}: {label!r} compares {ours!r} with {paper!r}"
+    _checks()[name](table)
+    assert table["exercises"], f"{name} has no exercises"
+    assert all(table["exercises"].values()), f"{name}: reference answers that fail their check: {table['exercises']}"
+    assert _static_images(nb), f"{name} shows no static image (a saved copy of it would show no plot)"
     with open(os.path.join(ARTIFACTS_DIR, f"{name}.ipynb")) as f:
         assert JUPYTER_TOKEN not in f.read(), f"{name} shows the Jupyter token in its outputs"
     # Nothing left behind: the notebook cleans up after itself.

@@ -36,7 +36,9 @@ def test_notebook_runs_in_a_plain_kernel_with_no_server(tmp_path, monkeypatch, n
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     folder = tmp_path / "notebooks"
     folder.mkdir()
-    shutil.copy(os.path.join(NOTEBOOKS_DIR, "_nbhelpers.py"), folder)
+    for helper in os.listdir(NOTEBOOKS_DIR):
+        if re.fullmatch(r"_[a-z0-9_]+\.py", helper):
+            shutil.copy(os.path.join(NOTEBOOKS_DIR, helper), folder)
     nb = nbformat.read(os.path.join(NOTEBOOKS_DIR, f"{name}.ipynb"), as_version=4)
     NotebookClient(nb, timeout=150, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
 
