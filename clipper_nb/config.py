@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Integer, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Integer, Unicode, default
 from traitlets.config import Configurable
 
 __all__ = ["ClipperNB", "DEFAULT_SLO_MS", "check_knobs"]
@@ -90,6 +90,11 @@ class ClipperNB(Configurable):
     ).tag(config=True)
     slow_request_ms = Float(
         1000.0, help="Requests slower than this are logged even with access_log off (ms).",
+    ).tag(config=True)
+    event_loop = Enum(
+        ["auto", "uvloop", "asyncio"], "auto",
+        help="The server's event loop: 'uvloop' (libuv, less time per request; installed with clipper-nb on "
+             "Linux and macOS), 'asyncio' (the standard library's), or 'auto': uvloop when it is installed.",
     ).tag(config=True)
     shutdown_grace_s = Float(
         10.0, help="On SIGTERM, how long the server keeps answering the requests already in flight (it "

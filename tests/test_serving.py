@@ -169,6 +169,34 @@ def test_slo_miss_answers_the_default_output(client):
     assert r["default"] is True and r["output"] == -1 and "50 ms" in r["default_explanation"]
 
 
+def test_the_slo_clock_starts_when_the_request_arrives_not_when_its_handler_runs(client, server):
+    """A request whose body trickles in for 300 ms has used its 200 ms SLO before the
+    handler runs: it gets the default output, as its client (who waited) would score it;
+    the same query sent at once is answered by the model."""
+    import socket
+    import urllib.parse
+
+    client.deploy(lambda batch: [1] * len(batch), "quick", app="quick", slo_ms=200, default_output=-1)
+    assert client.predict("quick", [3.0])["default"] is False  # another input than below (a cache hit is answered at once)
+    body = b'{"input": [1.0]}'
+    host, port = urllib.parse.urlsplit(server.url).hostname, urllib.parse.urlsplit(server.url).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        head = (f"POST /quick/predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        sock.sendall(head.encode() + body[:5])
+        time.sleep(0.3)
+        sock.sendall(body[5:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    r = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert r["default"] is True and r["output"] == -1, r
+    assert client.predict("quick", [2.0])["default"] is False
+
+
 def _stream(url: str, app: str, x: list, stop: threading.Event, results: list) -> None:
     s = requests.Session()
     while not stop.is_set():

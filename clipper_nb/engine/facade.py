@@ -222,13 +222,16 @@ class Engine:
                 "replicas": await self._db(_read_logs, self.store.log_dir, prefix, tail_bytes)}
 
     # ================================================================== queries and feedback
-    async def predict(self, app_name: str, x: Any, context: str | None = None) -> dict:
-        """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``)."""
-        return await self.queries.predict(app_name, x, context)
+    async def predict(self, app_name: str, x: Any, context: str | None = None, *,
+                      arrival: float | None = None) -> dict:
+        """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``); its deadline
+        runs from ``arrival`` (event-loop time the request reached the server; default: now)."""
+        return await self.queries.predict(app_name, x, context, arrival=arrival)
 
-    async def predict_batch(self, app_name: str, xs: list, context: str | None = None) -> list[dict]:
+    async def predict_batch(self, app_name: str, xs: list, context: str | None = None, *,
+                            arrival: float | None = None) -> list[dict]:
         """Answer each row as its own query; all rows share the arrival time and deadline."""
-        return await self.queries.predict_batch(app_name, xs, context)
+        return await self.queries.predict_batch(app_name, xs, context, arrival=arrival)
 
     async def feedback(self, app_name: str, x: Any, label: Any, context: str | None = None) -> dict:
         """Clipper's ``update``: learn from ``label`` for ``x`` (see :meth:`QueryPath.feedback`).

@@ -92,6 +92,12 @@ class _Query:
         return not self.app.straggler_mitigation and len(self.chosen) > 1
 
 
+def _started(arrival: float | None) -> float:
+    """When a query's SLO clock starts: its arrival, never later than now."""
+    now = asyncio.get_running_loop().time()
+    return now if arrival is None else min(arrival, now)
+
+
 class QueryPath:
     """Answers queries and feedback for the apps of ``registry`` with the versions in ``running``."""
 
@@ -108,17 +114,21 @@ class QueryPath:
         self._query_ids = itertools.count()
 
     # ---------------------------------------------------------------- queries
-    async def predict(self, app_name: str, x: Any, context: str | None = None) -> dict:
-        """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``)."""
-        start = asyncio.get_running_loop().time()
+    async def predict(self, app_name: str, x: Any, context: str | None = None, *,
+                      arrival: float | None = None) -> dict:
+        """Answer one query (Clipper's ``{"query_id", "output", "default", ...}``); its SLO
+        clock starts at ``arrival`` (event-loop time; the frontend passes when the request's
+        headers were read, so time spent waiting for the event loop counts), else now."""
+        start = _started(arrival)
         app = self.registry.app(app_name)
         _check_context(context)
         x = decode_input(app.input_type, x, self.registry.expected_shape(app))
         return await self._answer(app, x, context, start, start + app.slo_s)
 
-    async def predict_batch(self, app_name: str, xs: list, context: str | None = None) -> list[dict]:
+    async def predict_batch(self, app_name: str, xs: list, context: str | None = None, *,
+                            arrival: float | None = None) -> list[dict]:
         """Answer each row as its own query; all rows share the arrival time and deadline."""
-        start = asyncio.get_running_loop().time()
+        start = _started(arrival)
         app = self.registry.app(app_name)
         _check_context(context)
         if not isinstance(xs, list) or not xs:

@@ -5,6 +5,7 @@ Shared by every handler of the frontend (the Clipper API, the V2 protocol, the d
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import secrets
@@ -13,7 +14,7 @@ from typing import Any
 from clipper_nb.errors import (BadInput, ClipperError, Forbidden, PayloadTooLarge, Unauthorized,
                                UnsupportedMediaType)
 
-__all__ = ["PUBLIC_SERVER_ERRORS", "error_body", "handle_errors"]
+__all__ = ["PUBLIC_SERVER_ERRORS", "arrival_of", "error_body", "handle_errors"]
 
 log = logging.getLogger("clipper_nb.frontend")
 
@@ -55,3 +56,10 @@ def handle_errors(method):
             self.send_error_for(e)
 
     return wrapper
+
+
+def arrival_of(request: Any) -> float:
+    """When ``request`` reached the server, on the event loop's clock: Tornado starts a
+    request's clock when it has read the headers (``request_time()``), before the body
+    and before the handler runs; an SLO counts from there, as the client's clock does."""
+    return asyncio.get_running_loop().time() - max(0.0, request.request_time())

@@ -41,7 +41,7 @@ from clipper_nb.errors import (
     UnsupportedMediaType,
 )
 from clipper_nb.frontend import dashboard, v2
-from clipper_nb.frontend.answers import error_body, handle_errors
+from clipper_nb.frontend.answers import arrival_of, error_body, handle_errors
 from clipper_nb.wire.codec import to_jsonable
 
 log = logging.getLogger("clipper_nb.frontend.api")
@@ -138,7 +138,7 @@ class ApiMixin:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError as e:
             raise BadInput("malformed JSON in the request body", str(e)) from None
-        if _nesting_depth(body) > MAX_JSON_DEPTH:
+        if _nests_deeper_than(body, MAX_JSON_DEPTH):
             raise BadInput(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
         return obj
 
@@ -174,13 +174,15 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _nesting_depth(body: bytes | bytearray) -> int:
-    """How deep valid JSON nests, at C speed (strings removed, then brackets counted)."""
+def _nests_deeper_than(body: bytes | bytearray, limit: int) -> bool:
+    """Whether valid JSON nests deeper than ``limit``, at C speed: a body with at most
+    ``limit`` opening brackets cannot (the usual query: one object, one list); else strings
+    are removed and the brackets counted."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
     brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
-    if not brackets:
-        return 0
     opens = np.frombuffer(brackets, dtype=np.uint8)
-    return int(np.cumsum(np.where((opens == ord("[")) | (opens == ord("{")), 1, -1)).max())
+    return int(np.cumsum(np.where((opens == ord("[")) | (opens == ord("{")), 1, -1)).max()) > limit
 
 
 def _context_of(body: dict) -> str | None:
@@ -212,9 +214,9 @@ class PredictHandler(ApiMixin):
         body = self.load_object(self.max_query_bytes)
         context = _context_of(body)
         if "input" in body:
-            self.write_json(await self.engine.predict(app, body["input"], context))
+            self.write_json(await self.engine.predict(app, body["input"], context, arrival=arrival_of(self.request)))
         elif "input_batch" in body:
-            rows = await self.engine.predict_batch(app, body["input_batch"], context)
+            rows = await self.engine.predict_batch(app, body["input_batch"], context, arrival=arrival_of(self.request))
             self.write_json({"batch_predictions": rows})
         else:
             raise BadInput("the request needs 'input' (one query) or 'input_batch' (a list of queries)",

@@ -34,7 +34,7 @@ from traitlets.config import Application, catch_config_error
 
 from clipper_nb.config import ClipperNB
 from clipper_nb.errors import ClipperError
-from clipper_nb.frontend.server import Server
+from clipper_nb.frontend.server import Server, loop_factory
 
 __all__ = ["ServeApp"]
 
@@ -164,7 +164,11 @@ clipper-nb serve --config=clipper_nb_config.py     # c.ClipperNB.default_slo_ms 
         for handler in [*logging.getLogger().handlers, *self.log.handlers]:
             handler.addFilter(redact)
         try:
-            asyncio.run(self._serve(server, announce_token=not token))
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=loop_factory(server.config.event_loop)) as runner:
+                    runner.run(self._serve(server, announce_token=not token))
+            else:  # no loop factory before 3.11: the standard loop
+                asyncio.run(self._serve(server, announce_token=not token))
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise

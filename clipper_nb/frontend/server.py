@@ -21,7 +21,7 @@ import resource
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import tornado.httpserver
 import tornado.netutil
@@ -30,6 +30,7 @@ import tornado.web
 from tornado.log import access_log
 
 from clipper_nb.config import ClipperNB, check_knobs
+from clipper_nb.errors import UserError
 from clipper_nb.engine.facade import Engine
 from clipper_nb.frontend import api
 from clipper_nb.wire.ports import free_port
@@ -67,6 +68,20 @@ def make_app(engine: Engine, token: str, public_predict: bool = False, prefix: s
                                    clipper_in_flight=api.InFlight(), log_function=log_request,
                                    clipper_max_query_bytes=int(max_query_mb * (1 << 20)),
                                    clipper_max_deploy_bytes=api.MAX_DEPLOY_BYTES, clipper_local_only=local_only)
+
+
+def loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the server's event loop (the ``event_loop`` knob): uvloop's when asked,
+    or with ``auto`` when it is installed; the standard library's otherwise."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise UserError("event_loop='uvloop' needs uvloop", "pip install uvloop") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def access_logger(every_request: bool, slow_ms: float):
@@ -256,7 +271,7 @@ class Server:
         error: list[BaseException] = []
 
         def run() -> None:
-            loop = asyncio.new_event_loop()
+            loop = loop_factory(self.config.event_loop)()
             asyncio.set_event_loop(loop)
 
             async def main() -> None:

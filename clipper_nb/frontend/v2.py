@@ -73,7 +73,7 @@ from clipper_nb.errors import (
     Unavailable,
     UserError,
 )
-from clipper_nb.frontend.answers import error_body, handle_errors
+from clipper_nb.frontend.answers import arrival_of, error_body, handle_errors
 from clipper_nb.wire import v2 as wire
 
 __all__ = ["MAX_INFER_BYTES", "routes"]
@@ -263,7 +263,8 @@ class InferHandler(V2Mixin):
         if app.input_type == "bytes":
             rows = wire.base64_rows(rows)  # what predict_batch decodes
         context = req.parameters.get("context")
-        answers = await engine.predict_batch(name, rows, None if context is None else str(context))
+        answers = await engine.predict_batch(name, rows, None if context is None else str(context),
+                                             arrival=arrival_of(self.request))
         is_default = np.fromiter((a["default"] for a in answers), dtype=bool, count=len(answers))
         seen = self.seen()
         out = wire.stack_outputs([a["output"] for a in answers], is_default, app.default_output,
@@ -285,7 +286,7 @@ class InferHandler(V2Mixin):
         rows = wire.to_rows(tensor, vspec.get("input_type") or "floats", vspec.get("input_shape"), what)
         _check_rows(engine, tensor, len(rows))
         slo_ms = _model_slo_ms(engine, name)
-        deadline = asyncio.get_running_loop().time() + slo_ms / 1000
+        deadline = arrival_of(self.request) + slo_ms / 1000
         futures = [running.submit(x, deadline) for x in rows]
         outputs = await _outputs_within(futures, slo_ms, what)
         out = wire.stack_outputs(outputs, np.zeros(len(outputs), dtype=bool), None)
