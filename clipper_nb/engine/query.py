@@ -85,6 +85,8 @@ class _Query:
     #: what an adaptive policy drew (None: the policy does not adapt, nothing is recorded)
     draw: selection.Draw | None = None
     futures: dict[str, asyncio.Future] = field(default_factory=dict)
+    #: every model's output was at hand when the query was submitted
+    cache_hit: bool = False
 
     @property
     def waits_for_all(self) -> bool:
@@ -144,9 +146,20 @@ class QueryPath:
             except BadInput as e:
                 raise BadInput(f"input_batch[{i}]: {e.message}", e.cause) from None
         deadline = start + app.slo_s
-        return list(await asyncio.gather(*(self._answer(app, x, context, start, deadline) for x in decoded)))
+        # The rows are submitted together and waited for together: one wait, not one per row.
+        begun = [self._begin(app, x, context, start, deadline) for x in decoded]
+        await self._wait([q for q in begun if isinstance(q, _Query)])
+        return [q if isinstance(q, dict) else self._finish(q) for q in begun]
 
     async def _answer(self, app: App, x: Any, context: str | None, start: float, deadline: float) -> dict:
+        q = self._begin(app, x, context, start, deadline)
+        if isinstance(q, dict):
+            return q
+        await self._wait([q])
+        return self._finish(q)
+
+    def _begin(self, app: App, x: Any, context: str | None, start: float, deadline: float) -> _Query | dict:
+        """Select and submit one query; its answer already when it cannot be submitted."""
         qid = next(self._query_ids)
         if not app.models:
             return self._default(app, qid, start, f"no model is linked to application {app.name!r}")
@@ -156,13 +169,16 @@ class QueryPath:
         if not q.futures:
             self._remember(q, {})
             return self._default(app, qid, start, f"model(s) {', '.join(q.chosen)} are not running")
-        cache_hit = all(f.done() for f in q.futures.values())
-        await self._wait(q)
+        q.cache_hit = all(f.done() for f in q.futures.values())
+        return q
+
+    def _finish(self, q: _Query) -> dict:
+        """The answer of a query whose wait is over."""
         outputs, failures = _settled(q.futures)
         self._remember(q, outputs)
         if not outputs:
             return self._no_answer(q, failures)
-        return self._assemble(q, outputs, cache_hit)
+        return self._assemble(q, outputs, q.cache_hit)
 
     def _select(self, q: _Query) -> list[str]:
         """The models to ask; a policy that does not adapt neither reads nor creates a state."""
@@ -200,17 +216,20 @@ class QueryPath:
                 futures[m] = version.submit(q.x, deadline, use_cache=q.app.cache)
         return futures
 
-    async def _wait(self, q: _Query) -> None:
-        """Until every submitted model answered, or the deadline (straggler mitigation)."""
-        pending = [f for f in q.futures.values() if not f.done()]
-        if not pending:
-            return
-        if q.app.straggler_mitigation or len(q.futures) == 1:
-            timeout = q.deadline - asyncio.get_running_loop().time()
-        else:
-            timeout = WAIT_WITHOUT_MITIGATION_S
-        if timeout > 0:
-            await _wait_all(pending, timeout)
+    async def _wait(self, queries: list[_Query]) -> None:
+        """Until every submitted model answered, or the deadline: the end of the wait with
+        straggler mitigation (and for a query with one model); a query that waits for
+        every model goes on waiting, up to ``WAIT_WITHOUT_MITIGATION_S`` in all. The
+        queries share one deadline (the rows of one request)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        pending = [f for q in queries for f in q.futures.values() if not f.done()]
+        if pending and queries[0].deadline > began:
+            await _wait_all(pending, queries[0].deadline - began)
+        rest = [f for q in queries if not q.app.straggler_mitigation and len(q.futures) > 1
+                for f in q.futures.values() if not f.done()]
+        if rest:
+            await _wait_all(rest, WAIT_WITHOUT_MITIGATION_S - (loop.time() - began))
 
     def _assemble(self, q: _Query, outputs: dict[str, Any], cache_hit: bool) -> dict:
         """The answer from the outputs that arrived: as is, or combined by the policy."""
