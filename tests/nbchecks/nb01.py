@@ -10,6 +10,6 @@ from nbchecks import cell as _cell, number as _number, numbers as _numbers  # no
 
 
 def check(t: dict) -> None:
-    assert _number(_cell(t, "p99 latency at 50 q/s (ms)")) > 0
+    assert _number(_cell(t, "p99 latency at 50 q/s")) > 0
     v1, v2, back = _numbers(_cell(t, "served accuracy v1 / v2 / after rollback"))
     assert v1 > 0.9 and v2 < v1 and back == v1, (v1, v2, back)  # the rollback serves version 1 again
