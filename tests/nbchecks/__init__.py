@@ -37,7 +37,7 @@ def unit(value: Any) -> str | None:
     ``rows/s`` ... or ``""``), or None for a cell that starts with no number (a finding in words)."""
     if isinstance(value, (int, float)):
         return ""
-    match = re.match(rf"\s*[~<>≥≤=]*\s*(?:{_NUMBER})\s*(×|%|[A-Za-z][A-Za-z/]*)?", str(value))
+    match = re.match(rf"\s*[~<>≥≤=]*\s*(?:{_NUMBER})(?:\s*[-–]\s*(?:{_NUMBER}))?\s*(×|%|[A-Za-z][A-Za-z/]*)?", str(value))
     if not match:
         return None
     found = match.group(1) or ""
