@@ -76,6 +76,41 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(to_jsonable(obj), option=JSON_OPTS, default=str)
 
 
+def parse_json_body(body: bytes | bytearray, max_bytes: int | None = None) -> Any:
+    """A request body as JSON, or ``BadInput``/``PayloadTooLarge`` saying what is wrong."""
+    if max_bytes is not None and len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body of {len(body)} bytes is over the limit of {max_bytes}")
+    if not body:
+        raise BadInput("the request body is empty", "send a JSON object")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadInput("malformed JSON in the request body", str(e)) from None
+    if _nests_deeper_than(body, MAX_JSON_DEPTH):
+        raise BadInput(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def parse_object_body(body: bytes | bytearray, max_bytes: int | None = None) -> dict:
+    """A request body that must be a JSON object."""
+    obj = parse_json_body(body, max_bytes)
+    if not isinstance(obj, dict):
+        raise BadInput(f"the request body must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+async def answer_query(engine: Any, app: str, body: dict, arrival: float) -> dict:
+    """``POST /<app>/predict``'s answer to ``{"input": x}`` or ``{"input_batch": [...]}``
+    (the handler's and the lean path's, :mod:`clipper_nb.frontend.fastpath`)."""
+    context = _context_of(body)
+    if "input" in body:
+        return await engine.predict(app, body["input"], context, arrival=arrival)
+    if "input_batch" in body:
+        return {"batch_predictions": await engine.predict_batch(app, body["input_batch"], context, arrival=arrival)}
+    raise BadInput("the request needs 'input' (one query) or 'input_batch' (a list of queries)",
+                   f"got keys: {', '.join(map(str, body)) or 'none'}")
+
+
 class InFlight:
     """How many requests the server is answering: a graceful stop waits for zero."""
 
@@ -129,24 +164,10 @@ class ApiMixin:
         self.finish(dumps(obj))
 
     def load_json(self, max_bytes: int | None = None) -> Any:
-        body = self.request.body
-        if max_bytes is not None and len(body) > max_bytes:
-            raise PayloadTooLarge(f"request body of {len(body)} bytes is over the limit of {max_bytes}")
-        if not body:
-            raise BadInput("the request body is empty", "send a JSON object")
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            raise BadInput("malformed JSON in the request body", str(e)) from None
-        if _nests_deeper_than(body, MAX_JSON_DEPTH):
-            raise BadInput(f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels")
-        return obj
+        return parse_json_body(self.request.body, max_bytes)
 
     def load_object(self, max_bytes: int | None = None) -> dict:
-        obj = self.load_json(max_bytes)
-        if not isinstance(obj, dict):
-            raise BadInput(f"the request body must be a JSON object, got {type(obj).__name__}")
-        return obj
+        return parse_object_body(self.request.body, max_bytes)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -212,15 +233,7 @@ class PredictHandler(ApiMixin):
     @handle_errors
     async def post(self, app: str) -> None:
         body = self.load_object(self.max_query_bytes)
-        context = _context_of(body)
-        if "input" in body:
-            self.write_json(await self.engine.predict(app, body["input"], context, arrival=arrival_of(self.request)))
-        elif "input_batch" in body:
-            rows = await self.engine.predict_batch(app, body["input_batch"], context, arrival=arrival_of(self.request))
-            self.write_json({"batch_predictions": rows})
-        else:
-            raise BadInput("the request needs 'input' (one query) or 'input_batch' (a list of queries)",
-                           f"got keys: {', '.join(map(str, body)) or 'none'}")
+        self.write_json(await answer_query(self.engine, app, body, arrival_of(self.request)))
 
 
 class UpdateHandler(ApiMixin):
@@ -558,6 +571,14 @@ def _from_browser(headers: Any) -> bool:
         name.lower().startswith("sec-fetch-") for name in headers)
 
 
+def token_in_headers(headers: Any) -> str | None:
+    """The token of ``Authorization: token T`` (or ``Bearer T``), else None."""
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() in ("token", "bearer") and value.strip():
+        return value.strip()
+    return None
+
+
 def _body_length(headers: Any) -> int | None:
     """The declared body size: ``Content-Length``, -1 for a chunked body, None for no body."""
     if "chunked" in headers.get("Transfer-Encoding", "").lower():
@@ -657,10 +678,9 @@ class TokenAuthHandler(tornado.web.RequestHandler):
                            "send the header 'Authorization: token <TOKEN>' (printed by clipper-nb serve)")
 
     def _given_token(self) -> str | None:
-        auth = self.request.headers.get("Authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() in ("token", "bearer") and value.strip():
-            return value.strip()
+        given = token_in_headers(self.request.headers)
+        if given is not None:
+            return given
         if getattr(self, "token_in_query", False) and self.request.method in ("GET", "HEAD"):
             return self.get_query_argument("token", None)
         return None

@@ -27,12 +27,12 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.httputil
 import tornado.web
-from tornado.log import access_log
 
 from clipper_nb.config import ClipperNB, check_knobs
 from clipper_nb.errors import UserError
 from clipper_nb.engine.facade import Engine
 from clipper_nb.frontend import api
+from clipper_nb.frontend.fastpath import LeanOrFull, log_access
 from clipper_nb.wire.ports import free_port
 
 log = logging.getLogger("clipper_nb.frontend.server")
@@ -89,10 +89,8 @@ def access_logger(every_request: bool, slow_ms: float):
     (a per-request line was 27,116 of 27,134 lines of one run, and costs time per query)."""
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        status, ms = handler.get_status(), 1000.0 * handler.request.request_time()
-        if every_request or status >= 400 or ms >= slow_ms:
-            log_method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-            log_method("%d %s %.2fms", status, handler._request_summary(), ms)
+        log_access(handler.get_status(), handler._request_summary(), 1000.0 * handler.request.request_time(),
+                   every_request, slow_ms)
 
     return log_request
 
@@ -173,7 +171,9 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         if stream not in self._closing:
             self._waiting.pop(stream, None)  # waiting anew: to the back of the line
             self._waiting[stream] = time.monotonic()
-        return _Arrival(super().start_request(server_conn, request_conn), lambda: self._waiting.pop(stream, None))
+        route = LeanOrFull(self.request_callback.settings, request_conn,
+                           lambda: super(GuardedHTTPServer, self).start_request(server_conn, request_conn))
+        return _Arrival(route, lambda: self._waiting.pop(stream, None))
 
     def on_close(self, server_conn: Any) -> None:
         super().on_close(server_conn)
