@@ -314,10 +314,11 @@ def steady(now: float, spacing: float, n: int = 32) -> list[float]:
     return [now - spacing * k for k in range(n - 1, -1, -1)]
 
 
-def decide(now=1.0, queued=3, limit=8, delay_s=0.010, oldest=1.0, deadline=100.0, expected=0.0, arrivals=None):
+def decide(now=1.0, queued=3, limit=8, delay_s=0.010, oldest=1.0, deadline=100.0, expected=0.0, arrivals=None,
+           **returning):
     return dispatch_time(now, queued=queued, limit=limit, delay_s=delay_s, oldest_arrival=oldest,
                          earliest_deadline=deadline, expected_latency_s=expected,
-                         arrivals=steady(1.0, 0.001) if arrivals is None else arrivals)
+                         arrivals=steady(1.0, 0.001) if arrivals is None else arrivals, **returning)
 
 
 def test_the_delay_ends_when_fewer_than_one_more_arrival_is_expected():
@@ -409,6 +410,50 @@ async def test_delayed_batching_waits_up_to_the_delay_for_more_queries(clock):
     batch, elapsed = await timed(q.get_batch(8, delay_s=0.060))
     assert xs(batch) == ["a", "b"]
     assert 0.050 <= elapsed < 0.5  # it waited out the delay, not just until b came
+
+
+def test_right_after_a_batch_returns_it_waits_for_its_callers_next_queries():
+    """A batch of 8 returned at 0.999; 3 of its callers have not sent again: the rate alone
+    would cut at once (10 q/s), the returning callers hold the batch until 0.999 + delay,
+    never past the deadline less the expected latency, and not once the delay is over."""
+    slow = steady(1.0, 0.1)
+    assert decide(arrivals=slow) == 1.0
+    assert decide(arrivals=slow, returning=3, returned_at=0.999) == pytest.approx(1.009)
+    assert decide(arrivals=slow, returning=3, returned_at=0.999, deadline=1.006,
+                  expected=0.004) == pytest.approx(1.002 - 0.0002)
+    assert decide(arrivals=slow, returning=3, returned_at=0.980) == 1.0  # the delay is over
+    assert decide(arrivals=slow, returning=3, returned_at=0.999, queued=8) == 1.0  # full: at once
+
+
+def test_once_every_returning_caller_is_back_the_batch_goes_at_once():
+    """At a high rate the arrival rule would wait (see the test above it); with every caller
+    of the batch that returned within the delay back, nobody else is expected: cut now."""
+    assert decide() > 1.0
+    assert decide(returned_at=0.995, caught_up=True) == 1.0
+    assert decide(returned_at=0.980, caught_up=True) == pytest.approx(1.010 - 0.041 / 32)  # long ago
+
+
+async def test_the_queue_counts_the_callers_of_an_answered_batch_back(clock):
+    q = BatchQueue(clock=clock)
+    busy(q, clock)
+    q.answered(2)
+    assert (q.returning, q.caught_up) == (2, False)
+    q.put(query("a", clock() + 10))
+    assert (q.returning, q.caught_up) == (1, False)
+    asyncio.ensure_future(later(0.004, q.put, query("b", clock() + 10)))
+    batch, elapsed = await timed(q.get_batch(8, delay_s=0.060))
+    # Not the 60 ms delay: b was the last caller expected back, and the batch went with it.
+    assert xs(batch) == ["a", "b"] and 0.003 <= elapsed < 0.040, elapsed
+    assert (q.returning, q.caught_up) == (0, False)  # cut: it waits for no one now
+
+
+async def test_a_lone_caller_is_never_held_by_its_own_answer(clock):
+    q = BatchQueue(clock=clock)
+    busy(q, clock)
+    q.answered(1)
+    q.put(query("next", clock() + 10))  # the caller's next query
+    batch, elapsed = await timed(q.get_batch(8, delay_s=0.060))
+    assert xs(batch) == ["next"] and elapsed < 0.02
 
 
 async def test_without_a_delay_a_lone_query_goes_at_once(clock):

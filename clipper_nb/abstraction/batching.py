@@ -135,21 +135,39 @@ def arrival_rate(arrivals: Sequence[float], now: float) -> float:
 
 
 def dispatch_time(now: float, *, queued: int, limit: int, delay_s: float, oldest_arrival: float,
-                  earliest_deadline: float, expected_latency_s: float, arrivals: Sequence[float]) -> float:
+                  earliest_deadline: float, expected_latency_s: float, arrivals: Sequence[float],
+                  returning: int = 0, returned_at: float = -math.inf, caught_up: bool = False) -> float:
     """When delayed batching cuts the batch, if no query arrives before then: ``now`` or
     later. Ask again after each arrival (the batch may be full, the rate has changed).
 
-    The delay runs from the oldest queued query's arrival, so queries that waited for a
-    batch in progress do not wait again; it ends in time for the earliest deadline; and
-    it ends as soon as fewer than one more arrival is expected before it would: waiting
-    at time t pays while ``rate(t) x (until - t) >= 1``, with ``rate(t) = (n - 1) / (t -
-    first)`` (``arrival_rate``), i.e. while ``t <= until - (until - first) / n``.
+    It waits only while more queries are expected within the delay, and never past the
+    earliest deadline less the expected batch latency:
+
+    * from the arrival rate: the delay runs from the oldest queued query's arrival (so
+      queries that waited for a batch in progress do not wait again) and ends as soon as
+      fewer than one more arrival is expected before it would: waiting at time t pays
+      while ``rate(t) x (until - t) >= 1``, with ``rate(t) = (n - 1) / (t - first)``
+      (``arrival_rate``), i.e. while ``t <= until - (until - first) / n``;
+    * right after a batch returns (``returned_at``), while its ``returning`` callers have
+      not sent their next queries yet (each arrival since counts off one): a caller that
+      waits for its answer before it asks again (a closed loop, a notebook's loop) sends
+      the next query within moments, and without this wait the queries split into two
+      half batches that alternate for good. A lone query is never held: its own caller's
+      next query is the arrival that counts its batch off. Once they are all back within
+      the delay (``caught_up``), the batch is cut at once: the rate, high in a burst of
+      returning callers, would expect more, but in a closed loop nobody else is coming.
     """
-    if queued >= limit or delay_s <= 0 or len(arrivals) < 2:
-        return now  # full, no delay, or no rate to expect another arrival from
-    until = min(oldest_arrival + delay_s, earliest_deadline - expected_latency_s - _TIMER_SLACK_S)
-    first = arrivals[0]
-    at = until - (until - first) / len(arrivals)
+    if queued >= limit or delay_s <= 0:
+        return now  # full, or no delay
+    latest = earliest_deadline - expected_latency_s - _TIMER_SLACK_S
+    at = now
+    if len(arrivals) >= 2:  # else no rate to expect another arrival from
+        until = min(oldest_arrival + delay_s, latest)
+        at = until - (until - arrivals[0]) / len(arrivals)
+    if returning > 0:
+        at = max(at, min(returned_at + delay_s, latest))
+    elif caught_up and now - returned_at <= delay_s:
+        return now
     return at if at - now > _TIMER_SLACK_S else now
 
 
@@ -404,6 +422,11 @@ class BatchQueue:
         self._arrivals: collections.deque[float] = collections.deque(maxlen=RATE_WINDOW)
         self.on_expired = on_expired
         self.clock = clock
+        #: callers of the batch answered last who have not sent a query since, and when it was
+        self.returning = 0
+        self.returned_at = -math.inf
+        #: every caller of that batch has sent a query since, and no batch was cut since then
+        self.caught_up = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -414,7 +437,15 @@ class BatchQueue:
             item.arrival = now
         self._arrivals.append(now)
         self._items.append(item)
+        if self.returning:
+            self.returning -= 1
+            self.caught_up = self.returning == 0
         self._wake()
+
+    def answered(self, n: int) -> None:
+        """A replica answered a batch of ``n`` queries: their callers may ask again soon
+        (see :func:`dispatch_time`)."""
+        self.returning, self.returned_at, self.caught_up = n, self.clock(), False
 
     def put_front(self, items: list[QueuedQuery]) -> None:
         # Retried queries are not new arrivals: they keep their arrival, add no rate.
@@ -503,6 +534,7 @@ class BatchQueue:
                 continue  # another replica took them while we waited
             batch = self._cut(max_size, expected, cut_at)
             if batch:
+                self.caught_up = False  # those callers' queries are on their way
                 return batch
 
     def next_dispatch(self, now: float, max_size: int, delay_s: float, expected_latency_s: float) -> float:
@@ -513,7 +545,8 @@ class BatchQueue:
         return dispatch_time(now, queued=len(items), limit=max_size, delay_s=delay_s,
                              oldest_arrival=min(q.arrival for q in items),
                              earliest_deadline=min(q.deadline for q in items),
-                             expected_latency_s=expected_latency_s, arrivals=self._arrivals)
+                             expected_latency_s=expected_latency_s, arrivals=self._arrivals,
+                             returning=self.returning, returned_at=self.returned_at, caught_up=self.caught_up)
 
     async def _delay(self, max_size: int, delay_s: float, expected: float) -> float | None:
         """Wait as delayed batching says; the time to judge lateness at, or None if the

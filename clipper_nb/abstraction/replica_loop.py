@@ -310,6 +310,8 @@ class ReplicaLoops:
                 q.future.set_result(out)
         if items[0].late:
             self.count("late_computed", len(items))
+        else:
+            self.queue.answered(len(items))
         if self.metrics is not None:
             self.metrics.record_batch(self.model, lane.handle.name, len(items), latency)
             self.metrics.set_batch_cap(self.model, lane.handle.name, lane.controller.limit())
