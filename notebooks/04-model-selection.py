@@ -51,7 +51,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from _nbhelpers import Exercises, figure, show_static, spread, summary_table   # _nbhelpers.py, next to the notebooks
+from _nbhelpers import Exercises, figure, show_static, spread, summary_table, within   # _nbhelpers.py, next to the notebooks
 
 N_CLASSES = 10
 
@@ -652,16 +652,6 @@ summary
 # classes, milliseconds per run) or reads a table above. A worked example follows the list.
 
 # %%
-def within(low, high, what):
-    def check(answer):
-        try:
-            value = float(answer)
-        except (TypeError, ValueError):
-            return False, f"give a number ({what})"
-        if low <= value <= high:
-            return True, f"{what}: {value:g} holds"
-        return False, f"{what}: {value:g} is too {'low' if value < low else 'high'}"
-    return check
 
 def no_floor_recovery():
     run = replay_offline("exp4", models, outputs, labels, eta=0.3, log_weight_floor=None)

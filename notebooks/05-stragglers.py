@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 import _lesson05 as lesson                        # this notebook's helpers (_lesson05.py, next to it)
-from _nbhelpers import Exercises, figure, machine, show_static, spread, summary_table
+from _nbhelpers import Exercises, figure, machine, show_static, spread, summary_table, within
 
 print("measured on:", machine())
 
@@ -478,22 +478,22 @@ def missing_at(deadline_ms):
 exercises = Exercises()
 exercises.add("1", "Straggle probability per call vs time: with `P_SLOW = 0.02` (2 % of calls straggle), what share "
               "of a busy replica's time is spent in straggling calls (a fraction, 0-1)? Use `lesson.straggle_stats`.",
-              lesson.within(0.24, 0.31, "share of busy time straggling"),
+              within(0.24, 0.31, "share of busy time straggling"),
               lambda: busy_share(0.02))
 exercises.add("2", "Simulate waiting for every model (`lesson.simulate_ensemble(k, mitigate=False, overhead_ms=3.0)`, "
               "other arguments as in the notebook) for k = 1, 2, 3, 4, 6, 8, 12, 16: what is the smallest k whose "
               "p99 is over 110 ms?",
-              lesson.within(6, 6, "smallest ensemble with p99 > 110 ms"),
+              within(6, 6, "smallest ensemble with p99 > 110 ms"),
               lambda: first_size_over(110))
 exercises.add("3", "Confidence: a query goes to 5 equally weighted models; 3 answer 'cat', 1 answers 'dog' and 1 "
               "misses the deadline. What confidence does `combine_outputs` give the answer?",
-              lesson.within(0.599, 0.601, "confidence"),
+              within(0.599, 0.601, "confidence"),
               lambda: combine_outputs({"a": "cat", "b": "cat", "c": "cat", "d": "dog"},
                                       dict.fromkeys("abcde", 0.2), list("abcde")).confidence)
 exercises.add("4", "Deadline: rerun the 8-model simulation with mitigation and a deadline of 5 ms instead of 15 ms "
               "(`lesson.simulate_ensemble(8, deadline_ms=5, overhead_ms=3.0, ...)`, other arguments as in the "
               "notebook). What share of the ensemble is missing from an answer, on average (a fraction)? With 15 ms: 0.10.",
-              lesson.within(0.22, 0.32, "share of the ensemble missing"),
+              within(0.22, 0.32, "share of the ensemble missing"),
               lambda: missing_at(5))
 exercises
 

@@ -33,7 +33,7 @@ import asyncio
 import numpy as np
 import pandas as pd
 
-from _nbhelpers import Exercises, figure, show_static, spread, summary_table   # _nbhelpers.py, next to the notebooks
+from _nbhelpers import Exercises, figure, show_static, spread, summary_table, within   # _nbhelpers.py, next to the notebooks
 
 def true_label(q):
     return int(np.random.default_rng((0, q)).integers(10))
@@ -220,16 +220,6 @@ summary
 # %%
 import functools
 
-def within(low, high, what):
-    def check(answer):
-        try:
-            value = float(answer)
-        except (TypeError, ValueError):
-            return False, f"give a number ({what})"
-        if low <= value <= high:
-            return True, f"{what}: {value:g} holds"
-        return False, f"{what}: {value:g} is too {'low' if value < low else 'high'}"
-    return check
 
 @functools.lru_cache(maxsize=None)
 def median_until(eta=ETA, n_models=3, rounds=200):

@@ -38,7 +38,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from _nbhelpers import (Exercises, clipper_load, figure, show_static, spread,   # _nbhelpers.py, next to the notebooks
-                        summary_table)
+                        summary_table, within)
 
 X, y = load_digits(return_X_y=True)
 X = (X / 16).astype(np.float32)
@@ -318,16 +318,6 @@ summary
 # faster than the free cores divided by that cost per row, however many replicas serve.
 
 # %%
-def within(low, high, what):
-    def check(answer):
-        try:
-            value = float(answer)
-        except (TypeError, ValueError):
-            return False, f"give a number ({what})"
-        if low <= value <= high:
-            return True, f"{what}: {value:g} holds"
-        return False, f"{what}: {value:g} is too {'low' if value < low else 'high'} (expected {low:.3g}-{high:.3g})"
-    return check
 
 def ours_with_one():
     return one["frontend"] + one["replicas"] + one["load generator"]

@@ -85,17 +85,6 @@ def member_stats(log: str) -> dict | None:
     return None
 
 
-def within(low: float, high: float, what: str) -> Any:
-    """An exercise check: a number between ``low`` and ``high``."""
-    def check(answer: Any) -> tuple[bool, str]:
-        try:
-            value = float(answer)
-        except (TypeError, ValueError):
-            return False, f"give a number ({what})"
-        if low <= value <= high:
-            return True, f"{what}: {value:g} holds"
-        return False, f"{what}: {value:g} is too {'low' if value < low else 'high'}"
-    return check
 
 
 # ----------------------------------------------------------------------- the latency model

@@ -148,3 +148,19 @@ class Exercises:
     def _repr_markdown_(self) -> str:
         lines = [f"**{key}.** {question}" for key, (question, _, _) in self._items.items()]
         return "\n\n".join(lines) + "\n\nCheck an answer with `exercises.check(KEY, answer)`."
+
+
+def within(low: float, high: float, what: str) -> Any:
+    """An exercise's check (:class:`Exercises`): the answer is a number between ``low`` and
+    ``high``; the explanation says too low or too high, not where the range lies."""
+
+    def check(answer: Any) -> tuple[bool, str]:
+        try:
+            value = float(answer)
+        except (TypeError, ValueError):
+            return False, f"give a number ({what})"
+        if low <= value <= high:
+            return True, f"{what}: {value:g} holds"
+        return False, f"{what}: {value:g} is too {'low' if value < low else 'high'}"
+
+    return check
