@@ -447,6 +447,23 @@ async def test_the_queue_counts_the_callers_of_an_answered_batch_back(clock):
     assert (q.returning, q.caught_up) == (0, False)  # cut: it waits for no one now
 
 
+async def test_no_delay_for_a_model_that_costs_less_than_the_trip_to_it(clock):
+    """The same arrivals that make the queue wait out the delay (the test above) go at once
+    once a batch showed the model's time below the round trip's: a delay would save no
+    model time, only idle the frontend."""
+    q = BatchQueue(clock=clock)
+    busy(q, clock)
+    q.answered(4, delay_pays=False)
+    q.put(query("a", clock() + 10))
+    asyncio.ensure_future(later(0.010, q.put, query("b", clock() + 10)))
+    batch, elapsed = await timed(q.get_batch(8, delay_s=0.060))
+    assert xs(batch) == ["a"] and elapsed < 0.008, elapsed
+    q.answered(5, delay_pays=True)  # a costlier batch: the delay applies again (4 callers to come)
+    q.put(query("c", clock() + 10))
+    now = clock()
+    assert q.next_dispatch(now, 8, 0.060, 0.0) > now
+
+
 async def test_a_lone_caller_is_never_held_by_its_own_answer(clock):
     q = BatchQueue(clock=clock)
     busy(q, clock)

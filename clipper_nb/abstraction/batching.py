@@ -427,6 +427,8 @@ class BatchQueue:
         self.returned_at = -math.inf
         #: every caller of that batch has sent a query since, and no batch was cut since then
         self.caught_up = False
+        #: whether delayed batching pays for this model (see ``answered``)
+        self.delay_pays = True
 
     def __len__(self) -> int:
         return len(self._items)
@@ -442,10 +444,17 @@ class BatchQueue:
             self.caught_up = self.returning == 0
         self._wake()
 
-    def answered(self, n: int) -> None:
+    def answered(self, n: int, delay_pays: bool = True) -> None:
         """A replica answered a batch of ``n`` queries: their callers may ask again soon
-        (see :func:`dispatch_time`)."""
+        (see :func:`dispatch_time`).
+
+        ``delay_pays``: the model's time outweighed the round trip's own. A delay exists to
+        save model calls (a fixed cost per batch); when the model costs less than the trip
+        to it, a larger batch saves almost nothing, while waiting idles the frontend during
+        every round trip that two batches in turn would overlap (a no-op under a closed
+        loop of 16: 3,700 vs 4,900 q/s). Then batches are cut at once."""
         self.returning, self.returned_at, self.caught_up = n, self.clock(), False
+        self.delay_pays = delay_pays
 
     def put_front(self, items: list[QueuedQuery]) -> None:
         # Retried queries are not new arrivals: they keep their arrival, add no rate.
@@ -540,7 +549,7 @@ class BatchQueue:
     def next_dispatch(self, now: float, max_size: int, delay_s: float, expected_latency_s: float) -> float:
         """:func:`dispatch_time` for the queue as it is now."""
         items = self._items
-        if len(items) >= max_size or delay_s <= 0:
+        if len(items) >= max_size or delay_s <= 0 or not self.delay_pays:
             return now  # the common case under load: no scan of the queue
         return dispatch_time(now, queued=len(items), limit=max_size, delay_s=delay_s,
                              oldest_arrival=min(q.arrival for q in items),

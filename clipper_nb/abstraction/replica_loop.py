@@ -304,14 +304,15 @@ class ReplicaLoops:
 
     # ------------------------------------------------------------------ outcomes
     def _answer(self, lane: Lane, items: list[QueuedQuery], outputs: list, latency: float, meta: dict) -> None:
-        lane.controller.observe(len(items), latency, meta.get("compute_ms", latency * 1000) / 1000)
+        compute = meta.get("compute_ms", latency * 1000) / 1000
+        lane.controller.observe(len(items), latency, compute)
         for q, out in zip(items, outputs):
             if not q.future.done():
                 q.future.set_result(out)
         if items[0].late:
             self.count("late_computed", len(items))
         else:
-            self.queue.answered(len(items))
+            self.queue.answered(len(items), delay_pays=compute > latency - compute)
         if self.metrics is not None:
             self.metrics.record_batch(self.model, lane.handle.name, len(items), latency)
             self.metrics.set_batch_cap(self.model, lane.handle.name, lane.controller.limit())
