@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -92,6 +93,9 @@ def serve(frontend: str, identity: str, artifact_dir: str, device: str, frontend
                                            "traceback": traceback.format_exc(limit=8)})
         sock.close()
         return 3
+    # The model and its libraries live as long as the worker: a full garbage collection
+    # need not walk them again (it paused batches for tens of ms with torch loaded).
+    gc.freeze()
     _send_json(sock, HELLO, body={"pid": os.getpid(), "device": predictor.device,
                                      "versions": artifact.library_versions()})
     last_heard = last_sent = time.monotonic()

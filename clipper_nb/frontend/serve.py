@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import resource
@@ -184,6 +185,11 @@ clipper-nb serve --config=clipper_nb_config.py     # c.ClipperNB.default_slo_ms 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.stop()))
         await server.start(wait_ready=False)
+        # What is loaded by now (modules, the engine) lives as long as the process: out of
+        # the garbage collector's sight, a full collection no longer walks it. Without this
+        # each one took ~45 ms, about twice a second under load (p99 at 64 in flight: 57 ms
+        # -> 13 ms). This process is the server's own; a kernel's embedded one is not frozen.
+        gc.freeze()
         print(f"clipper-nb serving on {server.url} (state in {server.config.state_path})", flush=True)
         if announce_token:  # generated: the only place it is ever shown
             print(f"management token: {server.token}", flush=True)
