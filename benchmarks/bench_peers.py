@@ -299,6 +299,11 @@ class Server:
     def path(self, workload: str) -> str:
         raise NotImplementedError
 
+    def server_counts(self, workload: str) -> dict | None:
+        """What the server itself counted for the workload's app so far (queries, and those
+        answered with a real prediction within the SLO), or None when it does not say."""
+        return None
+
     def pin(self) -> None:
         for p in self.procs:
             p.pin()
@@ -378,6 +383,10 @@ class ClipperServer(Server):
 
     def path(self, workload: str) -> str:
         return f"/{workload}/predict"
+
+    def server_counts(self, workload: str) -> dict | None:
+        totals = self.client.metrics()["apps"][workload]["totals"]
+        return {"queries": totals["queries"], "good": totals["goodput"]}
 
     def stop(self) -> None:
         if not hasattr(self, "root"):  # start() failed, and stopped what it had started
@@ -522,9 +531,17 @@ class Bench:
         if self.warmup_s > 0:
             _peer_wrk.run(server.url, script, self.connections, self.threads, self.warmup_s, LOAD_CORE)
         server.pin()
-        cpu0 = server.cpu()
+        cpu0, counted0 = server.cpu(), server.server_counts(workload)
         stats = _peer_wrk.run(server.url, script, self.connections, self.threads, self.duration_s, LOAD_CORE)
         used = server.cpu() - cpu0
+        counted1 = server.server_counts(workload)
+        if counted0 is not None and counted1 is not None and counted1["queries"] > counted0["queries"]:
+            # The SLO as the server judged it (its clock starts when a request's headers are
+            # read) beside the client's (wrk's, from sending to the last byte received).
+            queries = counted1["queries"] - counted0["queries"]
+            stats["server_attainment"] = (counted1["good"] - counted0["good"]) / queries
+        if stats["requests"]:
+            stats["client_attainment"] = stats["goodput"] * stats["duration_us"] / 1e6 / stats["requests"]
         stats["server_cpu_us_per_req"] = used / stats["requests"] * 1e6 if stats["requests"] else None
         stats["server_cpu_share"] = used / (stats["duration_us"] / 1e6) if stats["duration_us"] else None
         return stats
@@ -552,7 +569,9 @@ class Bench:
                         f"req {stats['req_per_s']:7.0f}/s  p50 {stats['p50_us'] / 1000:6.1f} ms  "
                         f"p99 {stats['p99_us'] / 1000:6.1f} ms  bad {stats['bad']}  "
                         f"errors {stats['http_errors'] + stats['socket_errors'] + stats['timeouts']}  "
-                        f"cpu {stats['server_cpu_share'] or 0:.2f} core")
+                        f"cpu {stats['server_cpu_share'] or 0:.2f} core"
+                        + (f"  SLO attainment server {stats['server_attainment']:.1%} / client "
+                           f"{stats['client_attainment']:.1%}" if "server_attainment" in stats else ""))
                 except Exception as exc:  # noqa: BLE001 - one failed cell does not end the run
                     log(f"{name} {workload}: FAILED: {exc}")
                     self.log_tail(name)
@@ -629,7 +648,9 @@ def format_report(bench: Bench, servers: list[str], workloads: list[str], meta: 
             out.append(f"  {s:8s} {w:7s} req {st['req_per_s']:7.0f}  good {st['good_per_s']:7.0f}  "
                        f"goodput {st['goodput']:7.0f}  p50 {st['p50_us'] / 1000:6.1f}  p99 {st['p99_us'] / 1000:6.1f}  "
                        f"bad {st['bad']:6d}  errors {errors:5d}  cpu {cpu if cpu is None else round(cpu):>6} us/req"
-                       + (f"  rounds {st['rounds_goodput']}" if len(st.get("rounds_goodput", [])) > 1 else ""))
+                       + (f"  rounds {st['rounds_goodput']}" if len(st.get("rounds_goodput", [])) > 1 else "")
+                       + (f"  SLO attainment server {st['server_attainment']:.1%} / client {st['client_attainment']:.1%}"
+                          if "server_attainment" in st else ""))
     out += ["", "ratios of goodput (clipper-nb / other):", ""]
     for other in ("floor", "mlserver", "ray"):
         if "clipper" not in servers or other not in servers:

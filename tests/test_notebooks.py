@@ -156,7 +156,8 @@ def _static_images(nb: Any) -> int:
             data = output.get("data", {}).get("image/png")
             if data:
                 image = Image.open(io.BytesIO(base64.b64decode(data))).convert("L")
-                drawn += len(set(image.getdata())) > 8
+                pixels = getattr(image, "get_flattened_data", image.getdata)()
+                drawn += len(set(pixels)) > 8
     return drawn
 
 
