@@ -60,12 +60,14 @@ def test_the_access_log_has_errors_and_slow_requests_only_unless_asked(serve):
     for _ in range(20):
         requests.get(f"{serve.url}/api/health", headers={"Authorization": f"token {serve.token}"}, timeout=30)
     requests.get(f"{serve.url}/api/health", timeout=30)  # a 401
+    requests.post(f"{serve.url}/nosuchapp/predict", json={"input": [1.0]}, timeout=30)  # a 404, on the lean path
     deadline = time.monotonic() + 10  # tornado writes the line after the answer is sent
-    while "401 GET /api/health" not in (added := open(serve.log_path).read()[len(before):]):
+    while "404 POST /nosuchapp/predict" not in (added := open(serve.log_path).read()[len(before):]):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert "200 GET /api/health" not in added and "401 GET /api/health" in added
+    assert "404 POST /nosuchapp/predict" in added
 
 
 def test_load_reads_the_feature_count_and_misses_the_cache_by_default(serve):

@@ -32,19 +32,24 @@ from clipper_nb.errors import ClipperError
 from clipper_nb.frontend import api
 from clipper_nb.frontend.answers import error_body
 
-__all__ = ["LeanOrFull", "log_access"]
+__all__ = ["LeanOrFull", "access_rule"]
 
 log = logging.getLogger("clipper_nb.frontend.fastpath")
 
 _PREDICT = re.compile(r"/([^/%]+)/predict")
 
 
-def log_access(status: int, summary: str, ms: float, every_request: bool, slow_ms: float) -> None:
-    """One access-log line (``200 POST /digits/predict (127.0.0.1) 1.20ms``) if it is to be kept:
-    every request when asked, else errors and slow ones only."""
-    if every_request or status >= 400 or ms >= slow_ms:
-        log_method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-        log_method("%d %s %.2fms", status, summary, ms)
+def access_rule(every_request: bool, slow_ms: float) -> Callable[[int, str, float], None]:
+    """``log(status, summary, ms)``: one access-log line (``200 POST /digits/predict
+    (127.0.0.1) 1.20ms``) for every request when asked, else for errors and slow ones only
+    (the server's ``clipper_log_access`` setting, shared by both paths)."""
+
+    def log_line(status: int, summary: str, ms: float) -> None:
+        if every_request or status >= 400 or ms >= slow_ms:
+            log_method = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+            log_method("%d %s %.2fms", status, summary, ms)
+
+    return log_line
 
 
 def lean_query(start_line: Any, headers: Any, settings: dict) -> tuple[str, bool] | None:
@@ -132,10 +137,9 @@ class LeanOrFull(tornado.httputil.HTTPMessageDelegate):
             self._write(status, out)
         finally:
             self._uncount()
-            config = self.settings["clipper_engine"].config
             remote_ip = getattr(getattr(self.conn, "context", None), "remote_ip", "?")
-            log_access(status, f"POST {self.path} ({remote_ip})", 1000.0 * (time.time() - self.started),
-                       config.access_log, config.slow_request_ms)
+            self.settings["clipper_log_access"](status, f"POST {self.path} ({remote_ip})",
+                                                1000.0 * (time.time() - self.started))
 
     def _write(self, status: int, body: bytes) -> None:
         headers = tornado.httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body)),

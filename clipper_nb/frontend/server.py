@@ -32,7 +32,7 @@ from clipper_nb.config import ClipperNB, check_knobs
 from clipper_nb.errors import UserError
 from clipper_nb.engine.facade import Engine
 from clipper_nb.frontend import api
-from clipper_nb.frontend.fastpath import LeanOrFull, log_access
+from clipper_nb.frontend.fastpath import LeanOrFull, access_rule
 from clipper_nb.wire.ports import free_port
 
 log = logging.getLogger("clipper_nb.frontend.server")
@@ -62,10 +62,11 @@ def make_app(engine: Engine, token: str, public_predict: bool = False, prefix: s
                                          {"access": "predict"})))
     config = engine.config
     max_query_mb = getattr(config, "max_query_mb", api.MAX_QUERY_BYTES / (1 << 20))
-    log_request = access_logger(getattr(config, "access_log", False), getattr(config, "slow_request_ms", 1000.0))
+    log_access = access_rule(getattr(config, "access_log", False), getattr(config, "slow_request_ms", 1000.0))
     return tornado.web.Application(handlers, clipper_engine=engine, clipper_token=token,
                                    clipper_public_predict=public_predict, compress_response=False,
-                                   clipper_in_flight=api.InFlight(), log_function=log_request,
+                                   clipper_in_flight=api.InFlight(), clipper_log_access=log_access,
+                                   log_function=handler_logger(log_access),
                                    clipper_max_query_bytes=int(max_query_mb * (1 << 20)),
                                    clipper_max_deploy_bytes=api.MAX_DEPLOY_BYTES, clipper_local_only=local_only)
 
@@ -84,13 +85,13 @@ def loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def access_logger(every_request: bool, slow_ms: float):
-    """Tornado's ``log_function``: every request when asked, else errors and slow ones only
-    (a per-request line was 27,116 of 27,134 lines of one run, and costs time per query)."""
+def handler_logger(log_access: Callable[[int, str, float], None]):
+    """Tornado's ``log_function`` for the RequestHandler routes: the access rule of
+    :func:`~clipper_nb.frontend.fastpath.access_rule` (a per-request line was 27,116 of
+    27,134 lines of one run, and costs time per query)."""
 
     def log_request(handler: tornado.web.RequestHandler) -> None:
-        log_access(handler.get_status(), handler._request_summary(), 1000.0 * handler.request.request_time(),
-                   every_request, slow_ms)
+        log_access(handler.get_status(), handler._request_summary(), 1000.0 * handler.request.request_time())
 
     return log_request
 
