@@ -19,6 +19,7 @@ import ipywidgets as W
 
 from clipper_nb.charts.figures import FIGURES
 from clipper_nb.charts.series import Tick
+from clipper_nb.config import DEFAULT_SLO_MS
 from .controls import (LoadPanel, context_dropdown, policy_dropdown, quiet, replicas_slider, slo_slider,
                        update_contexts)
 from .live import LiveView
@@ -55,7 +56,7 @@ class Dashboard(LiveView):
 
     def _build(self) -> list[W.Widget]:
         info = self.info
-        self.slo = slo_slider(self, float(info.get("slo_ms", 100.0)))
+        self.slo = slo_slider(self, float(info.get("slo_ms", DEFAULT_SLO_MS)))
         self.policy = policy_dropdown(self, str(info.get("policy", "single")))
         self.contexts = context_dropdown(self, self.context)
         self.replicas = {m: replicas_slider(self, m, int(i.get("replicas", 1))) for m, i in self.model_info.items()}
@@ -85,7 +86,7 @@ class SLOTuner(LiveView):
     plots_shown = ("latency", "batch")
 
     def _build(self) -> list[W.Widget]:
-        self.slo = slo_slider(self, float(self.info.get("slo_ms", 100.0)))
+        self.slo = slo_slider(self, float(self.info.get("slo_ms", DEFAULT_SLO_MS)))
         return [self.header, self.slo, self._plot_grid(), self.status_line]
 
     def _on_tick(self, t: Tick) -> None:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from clipper_nb.config import DEFAULT_HANG_TIMEOUT_S, DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_START_TIMEOUT_S
 from clipper_nb.errors import ReplicaLost  # re-exported: part of the interface
 
 __all__ = ["REPLICA_STATES", "OnDead", "ReplicaBackend", "ReplicaHandle", "ReplicaLost", "ReplicaSpec"]
@@ -71,9 +72,9 @@ class ReplicaSpec:
     #: how many replicas of this version are wanted: a backend whose replicas share
     #: one machine divides its cores among them when ``threads`` is None
     replicas: int = 1
-    start_timeout_s: float = 120.0
-    heartbeat_timeout_s: float = 5.0
-    hang_timeout_s: float = 60.0
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
 
     @property
     def log_path(self) -> str:

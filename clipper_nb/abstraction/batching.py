@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from clipper_nb.config import DEFAULT_HANG_FACTOR
 from clipper_nb.errors import DeadlineMissed  # re-exported: the queue raises it
 
 #: Share of the SLO a batch may take: the wait for the batch in progress (about one
@@ -97,7 +98,7 @@ LATE_LIMIT = 1024
 LATE_BATCH_SHARE = 0.25
 #: Hang detection: a batch running this many times longer than batches of its size took
 #: marks its replica hung (``HangWatch``) ...
-HANG_FACTOR = 10.0
+HANG_FACTOR = DEFAULT_HANG_FACTOR
 #: ... but never sooner than this: a GC pause or a busy machine is not a hang.
 HANG_FLOOR_S = 1.0
 

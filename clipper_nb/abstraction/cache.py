@@ -16,6 +16,8 @@ from typing import Any, Hashable
 
 import numpy as np
 
+from clipper_nb.config import DEFAULT_CACHE_BYTES
+
 #: Rough per-entry bookkeeping cost (dict slot, key bytes, ring slots).
 ENTRY_OVERHEAD = 120
 
@@ -39,7 +41,7 @@ class PredictionCache:
     (True, 1.0)
     """
 
-    def __init__(self, max_bytes: int = 32 << 20) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
         self.max_bytes = max_bytes

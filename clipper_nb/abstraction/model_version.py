@@ -36,6 +36,8 @@ from clipper_nb.abstraction.batching import AIMDController, BatchQueue, HangWatc
 from clipper_nb.abstraction.cache import PredictionCache
 from clipper_nb.abstraction.replica_loop import EVENTS, ReplicaLoops
 from clipper_nb.abstraction.supervisor import Supervisor
+from clipper_nb.config import (DEFAULT_BATCH_DELAY_MS, DEFAULT_CACHE_BYTES, DEFAULT_HANG_TIMEOUT_S,
+                               DEFAULT_HEARTBEAT_TIMEOUT_S, DEFAULT_START_TIMEOUT_S)
 from clipper_nb.errors import ModelError, Unavailable
 from clipper_nb.wire.codec import input_digest
 
@@ -60,12 +62,12 @@ class ModelVersionConfig:
     cwd: str | None = None
     batch_size: int | None = None       # fixed size: no adaptation
     max_batch_size: int = batching.DEFAULT_MAX_CAP
-    batch_delay_s: float = 0.002
+    batch_delay_s: float = DEFAULT_BATCH_DELAY_MS / 1000.0
     objective_s: float = 0.045
-    cache_bytes: int = 32 << 20
-    start_timeout_s: float = 120.0
-    heartbeat_timeout_s: float = 5.0
-    hang_timeout_s: float = 60.0
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S
+    hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     #: a batch this many times longer than this version's batches marks its replica hung
     #: (``HangWatch``; 0: off, only ``hang_timeout_s``) ...
     hang_factor: float = batching.HANG_FACTOR

@@ -20,6 +20,7 @@ import zmq
 import zmq.asyncio
 
 from clipper_nb.abstraction.backend import ReplicaLost
+from clipper_nb.config import DEFAULT_HANG_TIMEOUT_S, DEFAULT_HEARTBEAT_TIMEOUT_S
 from clipper_nb.errors import ModelError
 from clipper_nb.wire import codec, predict
 from clipper_nb.wire.protocol import (
@@ -119,8 +120,10 @@ class Replica:
     ``hang_timeout_s``; the batch it held fails with :class:`ReplicaLost`.
     """
 
-    def __init__(self, router: Router, name: str, *, identity: str | None = None, heartbeat_timeout_s: float = 5.0,
-                 hang_timeout_s: float = 60.0, on_dead: Callable[[Replica, str], None] | None = None) -> None:
+    def __init__(self, router: Router, name: str, *, identity: str | None = None,
+                 heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+                 hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S,
+                 on_dead: Callable[[Replica, str], None] | None = None) -> None:
         self.router = router
         #: shown in logs and errors; ``identity`` (the socket's, default ``name``) may carry a secret
         self.name = name

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipper_nb.config import DEFAULT_SLO_MS
 from clipper_nb.engine.store import Store, check_name
 from clipper_nb.errors import BadInput, Conflict, NotFound
 from clipper_nb.selection import policies as selection
@@ -42,7 +43,7 @@ class App:
     name: str
     input_type: str = "floats"
     default_output: Any = None
-    slo_ms: float = 100.0
+    slo_ms: float = DEFAULT_SLO_MS
     policy: str = "single"
     policy_options: dict = field(default_factory=dict)
     models: list[str] = field(default_factory=list)
@@ -162,7 +163,7 @@ class AppManager:
         """A checked, unregistered App (the engine's default SLO when ``slo_ms`` is None)."""
         return App(name=name, input_type=check_input_type(input_type), default_output=default_output,
                    slo_ms=check_slo(slo_ms if slo_ms is not None else self.default_slo_ms),
-                   policy=policy, policy_options=dict(policy_options or {}))
+                   policy=policy, policy_options=_check_policy_options(policy_options))
 
     async def register_app(self, name: str, input_type: str = "floats", default_output: Any = None,
                            slo_ms: float | None = None, policy: str = "single", policy_options: dict | None = None,
@@ -247,9 +248,9 @@ def _apply_changes(app: App, changes: dict) -> None:
         app.default_output = changes.pop("default_output")
     if "policy" in changes:  # a new policy starts from its own defaults
         app.policy = changes.pop("policy")
-        app.policy_options = dict(changes.pop("policy_options", None) or {})
+        app.policy_options = _check_policy_options(changes.pop("policy_options", None))
     elif "policy_options" in changes:
-        app.policy_options = {**app.policy_options, **(changes.pop("policy_options") or {})}
+        app.policy_options = {**app.policy_options, **_check_policy_options(changes.pop("policy_options"))}
     apply_options(app, changes)
 
 
@@ -304,6 +305,16 @@ def _check_number(name: str, value: Any, low: float, high: float, what: str = "a
     if not low <= number <= high:  # also refuses NaN
         raise BadInput(f"{name} must be between {low:g} and {high:g}, got {number}")
     return number
+
+
+def _check_policy_options(options: Any) -> dict:
+    """``policy_options``: an object of option name -> value (None: none); each option is
+    checked by the policy itself."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadInput(f"policy_options must be an object of option name -> value, got {options!r}")
+    return dict(options)
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:

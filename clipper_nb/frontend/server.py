@@ -28,7 +28,7 @@ import tornado.netutil
 import tornado.httputil
 import tornado.web
 
-from clipper_nb.config import ClipperNB, check_knobs
+from clipper_nb.config import DEFAULT_MAX_CONNECTIONS, ClipperNB, check_knobs
 from clipper_nb.errors import UserError
 from clipper_nb.engine.facade import Engine
 from clipper_nb.frontend import api
@@ -61,13 +61,12 @@ def make_app(engine: Engine, token: str, public_predict: bool = False, prefix: s
     handlers.append((prefix + ".*", type("NotFound", (api.NotFoundHandler, api.TokenAuthHandler),
                                          {"access": "predict"})))
     config = engine.config
-    max_query_mb = getattr(config, "max_query_mb", api.MAX_QUERY_BYTES / (1 << 20))
-    log_access = access_rule(getattr(config, "access_log", False), getattr(config, "slow_request_ms", 1000.0))
+    log_access = access_rule(config.access_log, config.slow_request_ms)
     return tornado.web.Application(handlers, clipper_engine=engine, clipper_token=token,
                                    clipper_public_predict=public_predict, compress_response=False,
                                    clipper_in_flight=api.InFlight(), clipper_log_access=log_access,
                                    log_function=handler_logger(log_access),
-                                   clipper_max_query_bytes=int(max_query_mb * (1 << 20)),
+                                   clipper_max_query_bytes=int(config.max_query_mb * (1 << 20)),
                                    clipper_max_deploy_bytes=api.MAX_DEPLOY_BYTES, clipper_local_only=local_only)
 
 
@@ -138,7 +137,7 @@ class _Arrival(tornado.httputil.HTTPMessageDelegate):
 class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     """An ``HTTPServer`` with at most ``max_connections`` open; see the module docstring."""
 
-    def initialize(self, *args: Any, max_connections: int = 4096, **kwargs: Any) -> None:
+    def initialize(self, *args: Any, max_connections: int = DEFAULT_MAX_CONNECTIONS, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
         self.evicted = 0  # connections closed to admit newer ones

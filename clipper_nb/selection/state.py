@@ -33,6 +33,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipper_nb.config import DEFAULT_MAX_CONTEXTS
 from clipper_nb.selection.policies import Draw, Policy, SelectionState
 
 __all__ = ["CHOICE_PREFIX", "MAX_REMEMBERED_CHOICES", "Choice", "Feedback", "SelectionStates", "choice_key"]
@@ -110,7 +111,7 @@ class SelectionStates:
     contexts are evicted in.
     """
 
-    def __init__(self, max_contexts: int = 10_000) -> None:
+    def __init__(self, max_contexts: int = DEFAULT_MAX_CONTEXTS) -> None:
         self.max_contexts = max_contexts
         self.states: dict[Key, SelectionState] = {}
         self.dirty: set[Key] = set()
