@@ -81,3 +81,23 @@ def test_fuzzed_raw_bodies_never_get_a_5xx(live, route, body):
 
 def test_the_server_still_answers_after_the_fuzzing(live):
     assert client_of(live).predict("fz", [1.0, 2.0])["output"] == 0.0
+
+
+@pytest.mark.parametrize("method, path, body, says", [
+    ("PATCH", "api/apps/fz", {"policy_options": 5}, "policy_options must be an object"),
+    ("PATCH", "api/apps/fz", {"policy": "exp3", "policy_options": [1]}, "policy_options must be an object"),
+])
+def test_settings_of_the_wrong_kind_are_a_400_that_says_so(live, method, path, body, says):
+    """Bodies the fuzzing reached only rarely (a token and the right key with a value of
+    the wrong kind): each was a 500 TypeError."""
+    r = requests.request(method, f"{live.url}/{path}", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 400 and says in r.json()["error"], (r.status_code, r.text)
+    assert client_of(live).predict("fz", [1.0, 2.0])["output"] == 0.0
+
+
+def test_a_deploy_with_a_device_of_the_wrong_kind_is_refused_before_any_worker_starts(live):
+    from clipper_nb.errors import BadInput
+
+    with pytest.raises(BadInput, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got \\[1\\]"):
+        client_of(live).deploy(lambda batch: [1.0] * len(batch), "fz-device", device=[1])
+    assert "fz-device" not in client_of(live).models()["name"].tolist()

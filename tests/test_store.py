@@ -159,3 +159,77 @@ async def test_acknowledged_feedback_is_on_disk_and_a_failed_write_is_kept_for_t
         other.close()
     await engine._flush_selection()  # the next flush writes what the failed one could not
     assert _persisted_contexts(engine.store.state_dir, "fb")["ana"]["updates"] == 2
+
+
+def _persisted_models(state_dir: str) -> dict[str, dict]:
+    with sqlite3.connect(os.path.join(state_dir, "clipper.sqlite3")) as db:
+        models = {json.loads(s)["name"]: json.loads(s) for (s,) in db.execute("SELECT spec FROM models")}
+        versions = [tuple(r) for r in db.execute("SELECT model, version FROM versions ORDER BY model, version")]
+    return {"models": models, "versions": versions}
+
+
+async def test_a_model_change_the_store_refuses_is_not_served(engine):
+    """Deploy, rollback, scale and undeploy answered 503 leave what is served as it is
+    stored: the memory changes only after the disk."""
+    from clipper_nb.wire import artifact
+
+    payload, meta = artifact.package(twice)
+    await engine.deploy("twice", payload, meta, app="m", slo_ms=2000)
+    await engine.deploy("twice", payload, meta)  # v2, current
+    stored = _persisted_models(engine.store.state_dir)
+    other = _other_writer(engine.store)
+    try:
+        with pytest.raises(Unavailable):
+            await engine.deploy("twice", payload, meta)  # v3 would start, then fail to be stored
+        with pytest.raises(Unavailable):
+            await engine.rollback("twice", "1")
+        with pytest.raises(Unavailable):
+            await engine.scale("twice", 2)
+        with pytest.raises(Unavailable):
+            await engine.undeploy("twice")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    served = engine.describe_model("twice")
+    assert (served["version"], served["versions"], served["replicas"]) == ("2", ["1", "2"], 1), served
+    assert engine.describe_app("m")["models"] == ["twice"]
+    assert (await engine.predict("m", [4.0]))["output"] == 8.0
+    assert _persisted_models(engine.store.state_dir) == stored
+    assert len(engine.status()) == 1  # the refused scale's replica was stopped again
+
+    await engine.undeploy("twice")  # once the store writes again, so does the engine
+    assert _persisted_models(engine.store.state_dir) == {"models": {}, "versions": []}
+    assert _persisted_apps(engine.store.state_dir)[0]["models"] == []
+
+
+async def test_feedback_is_not_acknowledged_while_a_flush_holding_it_is_unwritten(engine):
+    """The 1 s flush loop may take the feedback's rows before the group commit does: the
+    feedback must wait for that flush's outcome, not answer 200 because it found nothing
+    left to write."""
+    import asyncio
+
+    from clipper_nb.wire import artifact
+
+    payload, meta = artifact.package(twice)
+    await engine.deploy("twice", payload, meta, app="fb", slo_ms=2000)
+    await engine.update_app("fb", policy="exp4")
+    engine.store._db.execute("PRAGMA busy_timeout=300")
+    other = _other_writer(engine.store)
+    try:
+        answer = asyncio.ensure_future(engine.feedback("fb", [1.0], 2.0, context="ana"))
+        for _ in range(10_000):  # the update is in memory; its group commit has not started
+            if engine.states.dirty or answer.done():
+                break
+            await asyncio.sleep(0)
+        assert engine.states.dirty and not answer.done()
+        loop_flush = asyncio.ensure_future(engine._flush_selection())  # what the flush loop does
+        with pytest.raises(Unavailable, match="learnt from but not yet saved") as e:
+            await answer
+        assert "sending it again would count it twice" in e.value.cause
+        with pytest.raises(Unavailable):
+            await loop_flush
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await engine._flush_selection()
+    assert _persisted_contexts(engine.store.state_dir, "fb")["ana"]["updates"] == 1

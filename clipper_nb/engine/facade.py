@@ -31,6 +31,7 @@ from clipper_nb.engine.models import DEFAULT_BACKEND, ModelManager
 from clipper_nb.engine.query import QueryPath
 from clipper_nb.engine.registry import App, AppManager, Registry
 from clipper_nb.engine.store import Store
+from clipper_nb.errors import Unavailable
 from clipper_nb.selection.state import SelectionStates
 
 __all__ = ["App", "Engine"]
@@ -69,6 +70,9 @@ class Engine:
         self._lock = asyncio.Lock()  # one management change at a time
         self._tasks: set[asyncio.Task] = set()
         self._commit: asyncio.Future | None = None  # the group commit feedbacks are waiting for
+        #: one flush at a time: a group commit that finds nothing dirty because the flush
+        #: loop took the rows must still wait until they are written (or not)
+        self._flushing = asyncio.Lock()
         self.ready = asyncio.Event()
         self.registry = Registry()
         self.states = SelectionStates(config.max_contexts)
@@ -144,6 +148,10 @@ class Engine:
     async def _flush_selection(self) -> None:
         """Save the states and choice records changed since the last flush; delete the
         records dropped since (both taken at once, written in that order)."""
+        async with self._flushing:
+            await self._flush_taken()
+
+    async def _flush_taken(self) -> None:
         rows = self.states.take_dirty()
         gone = self.states.take_deleted()
         if rows:
@@ -238,10 +246,15 @@ class Engine:
 
         Answered once the new weights are on disk: the feedbacks of a few milliseconds share
         one transaction (group commit). When the store cannot write, this raises
-        :class:`Unavailable` (503); the update stays in memory and is written by the next
-        flush that succeeds."""
+        :class:`Unavailable` (503) saying so: the update stays in memory (the weights have
+        learnt from it) and is written by the next flush that succeeds."""
         result = await self.queries.feedback(app_name, x, label, context)
-        await self._commit_soon()
+        try:
+            await self._commit_soon()
+        except Unavailable as e:
+            raise Unavailable(f"the feedback was learnt from but not yet saved: {e.message}",
+                              "it stays in memory and is saved by the next flush that succeeds (once a second); "
+                              "sending it again would count it twice") from e
         return result
 
     async def _commit_soon(self) -> None:

@@ -12,8 +12,10 @@ engine's management lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -139,14 +141,13 @@ class ModelManager:
             # The worker reads the artifact's meta: a records model gets DataFrames.
             await self._db(self.store.write_artifact, name, version, payload, {**meta, "input_type": vspec["input_type"]})
             try:
-                await self._activate(spec, vspec)
+                await self._activate(spec, vspec, new_version=True)
             except BaseException:
-                await self._db(self.store.delete_version, name, version)
+                with contextlib.suppress(Unavailable):  # the store's trouble is what the caller hears of
+                    await self._db(self.store.delete_version, name, version)
                 if not versions:
                     self.registry.versions.pop(name, None)
                 raise
-            versions[version] = vspec
-            await self._db(self.store.save_version, vspec)
             created = None
             if app is not None:
                 created = await self._link_deployed(app, name, vspec["input_type"], slo_ms, default_output)
@@ -163,7 +164,7 @@ class ModelManager:
         (``None``: keep the model's current one) and the app's ``slo_ms``."""
         if replicas is None:  # a new version keeps the running one's replica count
             replicas = self.registry.models[name]["replicas"] if name in self.registry.models else 1
-        options: dict[str, Any] = {"replicas": _check_int("replicas", replicas, 0, 64), "device": device}
+        options: dict[str, Any] = {"replicas": _check_int("replicas", replicas, 0, 64), "device": _check_device(device)}
         if batch_size is not None:
             batch_size = _check_int("batch_size", batch_size, 1, self.config.max_batch_rows)
         if max_batch_size is not None:
@@ -207,21 +208,26 @@ class ModelManager:
                     "input_type": target.input_type}
         return None
 
-    async def _activate(self, spec: dict, vspec: dict) -> None:
-        """Start ``vspec``'s replicas, then swap it in and stop the old version."""
+    async def _activate(self, spec: dict, vspec: dict, new_version: bool = False) -> None:
+        """Start ``vspec``'s replicas, store the model with it current (and ``vspec`` itself
+        when ``new_version``, in the same transaction), then swap it in and stop the old
+        version. Memory changes only once the store has the change: a write that fails
+        stops the new replicas and leaves the old version serving."""
         name = spec["name"]
+        spec = {**spec, "current_version": vspec["version"]}
         version = await self._new_version(spec, vspec)
         try:
             await version.start(spec["replicas"])
+            await self._db(self.store.save_model, spec, vspec if new_version else None)
         except BaseException:
             await version.stop()
             raise
+        if new_version:
+            self.registry.versions.setdefault(name, {})[vspec["version"]] = vspec
         old = self.running.get(name)
         self.running[name] = version
-        spec["current_version"] = vspec["version"]
         self.registry.models[name] = spec
         self.restore_errors.pop(name, None)
-        await self._db(self.store.save_model, spec)
         if old is not None:
             # Queries already queued on the old version finish there; new ones go to the new.
             self._spawn(self._retire(old))
@@ -284,8 +290,12 @@ class ModelManager:
                 raise Unavailable(f"model {name!r} is not running",
                                   self.restore_errors.get(name, "roll back or redeploy it"))
             await version.scale(replicas)
+            try:
+                await self._db(self.store.save_model, {**spec, "replicas": replicas})
+            except BaseException:
+                await version.scale(spec["replicas"])  # served as stored
+                raise
             spec["replicas"] = replicas
-            await self._db(self.store.save_model, spec)
             return self.describe_model(name)
 
     async def rollback(self, name: str, version: str) -> dict:
@@ -305,16 +315,17 @@ class ModelManager:
         """Stop a model's replicas, unlink it from every app and delete its versions."""
         async with self._lock:
             self.registry.require_model(name)
+            linked = self.registry.linked_apps(name)
+            unlinked = [{**a.to_json(), "models": [m for m in a.models if m != name]} for a in linked]
+            await self._db(self.store.delete_model, name, unlinked)  # first: a failed write changes nothing
             version = self.running.pop(name, None)
             if version is not None:
                 await version.stop()
-            for app in self.registry.linked_apps(name):
+            for app in linked:
                 app.models.remove(name)
-                await self._db(self.store.save_app, app.to_json())
             del self.registry.models[name]
             self.registry.versions.pop(name, None)
             self.metrics.forget_model(name)
-            await self._db(self.store.delete_model, name)
 
     # ---------------------------------------------------------------- reports
     def describe_model(self, name: str) -> dict:
@@ -456,3 +467,14 @@ def _preload_modules(vspec: dict) -> list[str]:
     if module.split(".")[0] in PRELOADABLE and module not in (vspec.get("pickled_by_value") or []):
         modules.append(module)
     return modules
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def _check_device(device: Any) -> str:
+    """A deploy's ``device``: ``auto`` (a GPU when the replica sees one), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise BadInput(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return device

@@ -31,6 +31,7 @@ import re
 import shutil
 import sqlite3
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from clipper_nb.errors import BadInput, Unavailable
@@ -135,19 +136,24 @@ class Store:
     def delete_app(self, name: str) -> None:
         self._write(("DELETE FROM apps WHERE name = ?", (name,)), ("DELETE FROM selection WHERE app = ?", (name,)))
 
-    def save_model(self, spec: dict) -> None:
-        self._write(("INSERT OR REPLACE INTO models (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec))))
+    def save_model(self, spec: dict, version: dict | None = None) -> None:
+        """A model's spec, and with ``version`` that version's spec, in one transaction."""
+        model = ("INSERT OR REPLACE INTO models (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec)))
+        self._write(model, *(() if version is None else (_version_row(version),)))
 
     def save_version(self, spec: dict) -> None:
-        self._write(("INSERT OR REPLACE INTO versions (model, version, spec, created) VALUES (?, ?, ?, ?)",
-                     (spec["model"], spec["version"], json.dumps(spec), spec["created"])))
+        self._write(_version_row(spec))
 
     def delete_version(self, model: str, version: str) -> None:
         self._write(("DELETE FROM versions WHERE model = ? AND version = ?", (model, version)))
         shutil.rmtree(self.artifact_dir(model, version), ignore_errors=True)
 
-    def delete_model(self, name: str) -> None:
-        self._write(("DELETE FROM models WHERE name = ?", (name,)), ("DELETE FROM versions WHERE model = ?", (name,)))
+    def delete_model(self, name: str, apps: Sequence[dict] = ()) -> None:
+        """A model, its versions and artifacts; ``apps``: the specs of the apps it leaves,
+        saved in the same transaction."""
+        self._write(("DELETE FROM models WHERE name = ?", (name,)), ("DELETE FROM versions WHERE model = ?", (name,)),
+                    *(("INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (a["name"], json.dumps(a)))
+                      for a in apps))
         shutil.rmtree(os.path.join(self.state_dir, "models", name), ignore_errors=True)
 
     def save_selection(self, rows: list[tuple[str, str, dict]]) -> None:
@@ -165,6 +171,17 @@ class Store:
         return os.path.join(self.state_dir, "models", model, version)
 
     def write_artifact(self, model: str, version: str, payload: bytes, meta: dict) -> str:
+        """Write a version's files (all of them or none); :class:`Unavailable` when the
+        state directory cannot take them (a full disk, permissions)."""
+        try:
+            return self._write_artifact(model, version, payload, meta)
+        except OSError as e:
+            shutil.rmtree(os.path.join(self.state_dir, "models", model, _PARTIAL_PREFIX + version), ignore_errors=True)
+            raise Unavailable(f"the model's files could not be saved: {e.strerror or e}",
+                              f"nothing was deployed; the state directory {self.state_dir} needs space and write "
+                              "permission; try again") from e
+
+    def _write_artifact(self, model: str, version: str, payload: bytes, meta: dict) -> str:
         path = self.artifact_dir(model, version)
         tmp = os.path.join(os.path.dirname(path), _PARTIAL_PREFIX + version)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -221,3 +238,8 @@ def _tighten(root: str) -> None:
                     os.chmod(path, mode)
             except OSError as e:  # not ours, or gone meanwhile: say so, keep going
                 log.warning("cannot make %s private: %s", path, e)
+
+
+def _version_row(spec: dict) -> tuple[str, tuple]:
+    return ("INSERT OR REPLACE INTO versions (model, version, spec, created) VALUES (?, ?, ?, ?)",
+            (spec["model"], spec["version"], json.dumps(spec), spec["created"]))
