@@ -188,7 +188,16 @@ def test_a_kernel_of_a_token_less_jupyter_deploys_and_queries(tmp_path):
     try:
         kernel = jp.new_kernel()
         kernel.run("%load_ext clipper_nb")
-        kernel.run("%%clipper deploy --app open --slo 2s\ndef double(batch):\n    return [2.0 * row[0] for row in batch]")
+        out = kernel.run("%%clipper deploy --app open --slo 2s\ndef double(batch):\n    return [2.0 * row[0] for row in batch]")
+        # The curl lines a newcomer copies (the deploy's and the endpoint card's) pass
+        # Jupyter's XSRF check as printed: no token to give, no cookie jar.
+        (curl,) = [line for line in out.splitlines() if line.startswith("curl ")]
+        card = kernel.run("import clipper_nb\nfrom clipper_nb.kernel.endpoint import Endpoint\nc = clipper_nb.connect()\n"
+                          "print(Endpoint(c, c.model('double')).snippets([1.5])['curl'])")
+        for line in (curl.replace("<input>", "[1.5]"), card.strip()):
+            assert "Authorization" not in line and "X-XSRFToken" in line, line
+            shown = subprocess.run(["bash", "-c", line + " -s"], capture_output=True, text=True, timeout=30).stdout
+            assert '"default":false' in shown.replace(" ", ""), (line, shown)
         kernel.run("r = %clipper query open [2.5]\nassert r['output'] == 5.0, r")
         kernel.run("%clipper slo open 3s")
         kernel.run("r = %clipper load open --concurrency 2 --duration 1s --input [[1.0]] --wait\n"

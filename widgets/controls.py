@@ -14,10 +14,9 @@ import math
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import ipywidgets as W
-import numpy as np
 
 from clipper_nb.charts.series import APP_CONTEXT
-from clipper_nb.kernel.loadgen import run_load
+from clipper_nb.kernel.loadgen import guess_inputs, run_load
 from clipper_nb.wire.protocol import POLICY_NAMES
 
 if TYPE_CHECKING:
@@ -190,14 +189,10 @@ class LoadPanel:
         self._show(f"{p['qps']:.0f} q/s sent · p99 {p['p99_ms']:.1f} ms · {p['errors']} errors")
 
     def _guess_inputs(self) -> list[Any]:
-        """Random float vectors of the first linked model's input shape (1024 distinct,
-        so the prediction cache sees repeats), or ``[0.0]`` when the shape is unknown."""
-        for m in self.view.info.get("models", []):
-            shape = self.view.client.model(m).get("input_shape")
-            if shape:
-                rng = np.random.default_rng(0)
-                return rng.random((1024, *shape)).round(4).tolist()
-        return [[0.0]]
+        """:func:`~clipper_nb.kernel.loadgen.guess_inputs` (random rows of the first linked
+        model's input shape), or ``[[0.0]]`` when no model declares a shape."""
+        rows = guess_inputs(self.view.client, self.view.info)
+        return rows if rows is not None else [[0.0]]
 
     def _show(self, text: str, error: bool = False) -> None:
         colour = "#b00020" if error else "#555"

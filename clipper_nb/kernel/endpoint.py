@@ -30,6 +30,31 @@ __all__ = ["Endpoint", "with_progress"]
 TOKEN_VAR = "CLIPPER_NB_TOKEN"
 
 
+def copied_headers(client: Client) -> dict[str, str]:
+    """What a copied call (curl, tritonclient) sends to get in as ``client`` does: its token,
+    read from ``$CLIPPER_NB_TOKEN``; for a client without one, a matching XSRF header and
+    cookie, which a token-less Jupyter asks of every POST without an Authorization header
+    (other servers ignore both). Values may hold ``$CLIPPER_NB_TOKEN``."""
+    headers = client.headers
+    if headers.get("Authorization"):
+        return {"Authorization": f"token ${TOKEN_VAR}"}
+    if headers.get("X-XSRFToken"):
+        return {"X-XSRFToken": "clipper", "Cookie": "_xsrf=clipper"}
+    return {}
+
+
+def curl_auth(client: Client) -> str:
+    """:func:`copied_headers` as ``curl`` options, each followed by a space."""
+    return "".join(f'-H "{k}: {v}" ' for k, v in copied_headers(client).items())
+
+
+def _python_headers(client: Client) -> str:
+    """:func:`copied_headers` as a Python expression (the token from the environment)."""
+    parts = [f"{k!r}: " + (f"'token ' + os.environ[{TOKEN_VAR!r}]" if v.endswith(TOKEN_VAR) else repr(v))
+             for k, v in copied_headers(client).items()]
+    return "{" + ", ".join(parts) + "}"
+
+
 class Endpoint(dict):
     """A deployed model version: its description (a dict) and its endpoint card."""
 
@@ -55,7 +80,7 @@ class Endpoint(dict):
         if not self.apps:
             return {}
         app, body = self.apps[0], json.dumps({"input": x if x is not None else _example(self)})
-        auth = f'-H "Authorization: token ${TOKEN_VAR}" ' if self.client.headers.get("Authorization") else ""
+        auth = curl_auth(self.client)
         host = self.client.url.split("://", 1)[-1]
         return {
             "curl": f"curl -X POST {self.url} {auth}-H 'Content-Type: application/json' -d '{body}'",
@@ -63,8 +88,8 @@ class Endpoint(dict):
                        f"token=os.environ.get({TOKEN_VAR!r}))\nc.predict({app!r}, {body[10:-1]})"),
             "v2": (f"import os, numpy as np, tritonclient.http as tc\nt = tc.InferenceServerClient({host!r})\n"
                    f"x = tc.InferInput('input', [1, {_width(self)}], 'FP64'); x.set_data_from_numpy(np.zeros((1, "
-                   f"{_width(self)})))\nt.infer({app!r}, [x], headers={{'Authorization': 'token ' + "
-                   f"os.environ[{TOKEN_VAR!r}]}}).as_numpy('output')"),
+                   f"{_width(self)})))\nt.infer({app!r}, [x], headers={_python_headers(self.client)})"
+                   ".as_numpy('output')"),
         }
 
     def logs(self, tail: int = 20_000) -> str:

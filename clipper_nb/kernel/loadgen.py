@@ -34,12 +34,13 @@ import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 import numpy as np
 
-__all__ = ["LoadResult", "run_load", "run_load_sync", "cli_main", "parse_duration", "parse_ms"]
+__all__ = ["LoadResult", "guess_inputs", "random_inputs", "run_load", "run_load_sync", "cli_main", "parse_duration",
+           "parse_ms"]
 
 #: Open loop: arrivals beyond this many outstanding requests are dropped and counted
 #: as errors (status 0) rather than piling up without bound past saturation.
@@ -386,25 +387,48 @@ def _fetch_slo_ms(url: str, app: str, token: str) -> float | None:
 DISTINCT_FLOATS = 500_000
 
 
+def random_inputs(shape: Sequence[int], distinct: int | None = None, seed: int = 0) -> list:
+    """Random float inputs of ``shape`` for a load: ``distinct`` of them (default
+    ``DISTINCT_FLOATS`` floats' worth, at least 1,024), so a load exercises the batcher and
+    not only the prediction cache. The one default of ``clipper-nb load``, ``%clipper
+    load`` and the dashboard's load toggle."""
+    size = max(1, math.prod(shape))
+    n = distinct or max(1024, DISTINCT_FLOATS // size)
+    return np.random.default_rng(seed).random((max(1, n), *shape)).round(6).tolist()
+
+
+def guess_inputs(client: Any, app: Mapping[str, Any], seed: int = 0) -> list | None:
+    """:func:`random_inputs` of the input shape of ``app``'s first linked model that
+    declares one (``client`` asks the server); None when none does."""
+    for model in app.get("models") or []:
+        shape = client.model(model).get("input_shape")
+        if shape:
+            return random_inputs(shape, seed=seed)
+    return None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipper-nb load",
                                 description="Send prediction queries to APP and report latency, "
                                             "throughput, SLO attainment and goodput.")
-    p.add_argument("app", metavar="APP")
+    p.add_argument("app", metavar="APP", help="the application to query (POST <url>/APP/predict)")
     p.add_argument("--url", default=os.environ.get("CLIPPER_NB_URL"),
                    help="server base URL (default: $CLIPPER_NB_URL)")
-    p.add_argument("--token", default=os.environ.get("CLIPPER_NB_TOKEN"))
+    p.add_argument("--token", default=os.environ.get("CLIPPER_NB_TOKEN"),
+                   help="the server's token (default: $CLIPPER_NB_TOKEN); with it the app's SLO and "
+                        "input shape are read from the server")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--qps", type=float, help="open loop: Poisson arrivals at this rate")
     shape.add_argument("--concurrency", type=int, help="closed loop: queries in flight (default 8)")
     p.add_argument("--duration", type=parse_duration, default=10.0, help="e.g. 30s, 2m (default 10s)")
-    p.add_argument("--max-requests", type=int)
+    p.add_argument("--max-requests", type=int, help="stop after this many requests (default: only --duration)")
     p.add_argument("--batch-size", type=int, help="rows per request (sends input_batch)")
     p.add_argument("--slo", type=parse_ms, help="latency objective, e.g. 20ms "
                                                 "(default: the app's, read with --token)")
     p.add_argument("--context", help="selection context sent with every query")
     p.add_argument("--timeout", type=parse_duration, default=30.0, help="per request (default 30s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random inputs and of the open loop's arrivals (default 0)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help="one input as JSON, e.g. '[1.0, 2.0]'")
     src.add_argument("--input-file", help="a JSON file holding a list of inputs")
@@ -430,9 +454,7 @@ def _load_inputs(args: argparse.Namespace) -> list[Any]:
         return data
     features = args.features if args.features is not None else _fetch_features(args.url, args.app, args.token)
     if features is not None:
-        distinct = args.distinct or max(1024, DISTINCT_FLOATS // max(1, features))
-        rng = np.random.default_rng(args.seed)
-        return rng.random((max(1, distinct), features)).round(6).tolist()
+        return random_inputs((features,), args.distinct, args.seed)
     raise ValueError("say what to send: --input JSON, --input-file F.json or --features D "
                      "(or give --token, and the model's feature count is read from the server)")
 

@@ -31,8 +31,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from clipper_nb.kernel import discovery
 from clipper_nb.kernel.client import Client, connect
+from clipper_nb.kernel.endpoint import curl_auth
 from clipper_nb.errors import ClipperError, Forbidden, Unauthorized
-from clipper_nb.kernel.loadgen import parse_duration, parse_ms, run_load
+from clipper_nb.kernel.loadgen import guess_inputs, parse_duration, parse_ms, run_load
 
 #: Bounds of ``%clipper load`` so a typo cannot flood the machine for hours.
 MAX_LOAD_S = 600.0
@@ -143,10 +144,9 @@ class _LoadCommands:
             if rows and not isinstance(rows[0], (list, tuple, dict, str)):
                 rows = [rows]  # one flat input, not a list of them
             return rows
-        for model in app.get("models") or []:
-            shape = client.model(model).get("input_shape")
-            if shape:
-                return [np.zeros(shape).tolist()]
+        rows = guess_inputs(client, app)
+        if rows is not None:
+            return rows
         raise UsageError(f"cannot tell the input shape of {app['name']!r}: pass --input EXPR (a list of inputs)")
 
     # ================================================================== widgets
@@ -352,15 +352,15 @@ class ClipperMagics(_ConnectionCommands, _LoadCommands, Magics):
         print(f"endpoint: POST {endpoint}")
         body = json.dumps({"input": "INPUT"})
         sample = _sample_input(model.get("input_shape"), model.get("input_type"))
-        auth = "" if _predict_is_public(endpoint) else ' -H "Authorization: token $CLIPPER_NB_TOKEN"'
+        auth = "" if _predict_is_public(endpoint) else curl_auth(client)
         if sample is None:
             data = "'" + body.replace('"INPUT"', "<input>") + "'"
         elif isinstance(sample, str):  # a shell expansion building a long vector
             data = '"{\\"input\\": [' + sample + ']}"'
         else:
             data = "'" + body.replace('"INPUT"', json.dumps(sample)) + "'"
-        print(f"curl -X POST {endpoint} -H 'Content-Type: application/json'{auth} -d {data}")
-        if auth:
+        print(f"curl -X POST {endpoint} -H 'Content-Type: application/json' {auth}-d {data}")
+        if "Authorization" in auth:
             where = ("the token `jupyter server list` shows" if client.url.endswith("/clipper")
                      else "the server's token (or %clipper start --public-predict)")
             print(f"($CLIPPER_NB_TOKEN: {where})")
@@ -492,7 +492,8 @@ def _sample_input(shape: list[int] | None, input_type: str | None) -> Any:
 
 
 def _predict_is_public(endpoint: str) -> bool:
-    """Does the query API answer without a token? (A malformed query: 400 if so, 401/403 if not.)"""
+    """Does the query API answer anyone? (A malformed query: 400 if so; 401 or 403, Jupyter's
+    XSRF refusal included, if not.)"""
     import requests
 
     try:
