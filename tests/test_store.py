@@ -233,3 +233,18 @@ async def test_feedback_is_not_acknowledged_while_a_flush_holding_it_is_unwritte
         other.close()
     await engine._flush_selection()
     assert _persisted_contexts(engine.store.state_dir, "fb")["ana"]["updates"] == 1
+
+
+def test_a_full_disk_during_an_artifact_write_is_a_503_and_leaves_no_files(store, monkeypatch):
+    import errno
+
+    from clipper_nb.engine import store as store_mod
+
+    def no_space(path, mode):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(store_mod, "_private_file", no_space)  # what a full file system answers
+    with pytest.raises(Unavailable, match="model's files could not be saved: No space left on device") as e:
+        store.write_artifact("m", "1", b"payload", {"kind": "callable"})
+    assert e.value.status == 503 and "nothing was deployed" in e.value.cause
+    assert os.listdir(os.path.join(store.state_dir, "models", "m")) == []
