@@ -215,7 +215,7 @@ def _run_dashboard_notebook(page, url: str, lab_token: str) -> None:
     output = page.locator(".jp-OutputArea-output")
     canvases = page.locator(".jp-OutputArea canvas")  # Playwright's CSS pierces Bokeh's shadow roots
     wait_until(lambda: canvases.count() >= 6, timeout=120, interval=0.5, message="six Bokeh plots")
-    qps = page.locator(".jp-OutputArea .cnb-qs b").first
+    qps = page.locator(".jp-OutputArea .cnb-qps b").first
     wait_until(lambda: (_number(qps.inner_text()) or 0) > 20, timeout=60, interval=0.5,
                message="the widget's header to show the load")
     body = output.all_inner_texts()

@@ -164,6 +164,7 @@ def test_ticks_route_streams_every_plot_after_real_queries(server, client):
     assert s[weights]["p"][-1] == 1.0  # the only model
     assert all(v == 500.0 for v in s["latency"]["slo"])
     assert t["numbers"]["slo_ms"] == 500.0 and "500 ms" in t["header"] and "1/1" in t["header"]
+    assert t["numbers"]["placement"] == "process · cpu" and "runs on" in t["header"]  # a real worker's own report
     # the page's layout key, from the same apps and replicas
     spec = dashboard.page_spec(_get(server.url, "api/apps")["apps"],
                                _get(server.url, "api/status")["replicas"])

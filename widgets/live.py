@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import ipywidgets as W
 
 from clipper_nb.charts.figures import PlotSet
+from clipper_nb.charts.header import header_html, placement
 from clipper_nb.charts.series import APP_CONTEXT, Cursor, Tick, tick
 from clipper_nb.kernel.client import Client, connect
 
@@ -174,21 +175,15 @@ class LiveView(W.VBox):
                                                                       "max-content)", grid_gap="4px"))
 
     def _header_html(self, numbers: dict[str, Any]) -> str:
-        def fmt(v: Any, spec: str, suffix: str = "") -> str:
-            return "–" if v is None else f"{v:{spec}}{suffix}"
-
-        replicas = [(i.get("replicas_up", 0), i.get("replicas", 0)) for i in self.model_info.values()]
-        up, wanted = sum(r[0] for r in replicas), sum(r[1] for r in replicas)
-        slo = self.info.get("slo_ms", numbers.get("slo_ms"))
-        att = numbers.get("slo_attainment")
-        items = [("app", html.escape(self.app)), ("q/s", fmt(numbers.get("qps"), ".0f")),
-                 ("p99", fmt(numbers.get("p99_ms"), ".2f", " ms")), ("SLO", fmt(slo, "g", " ms")),
-                 ("attained", fmt(None if att is None else 100 * att, ".1f", " %")),
-                 ("replicas", f"{up}/{wanted}" if replicas else "–"),
-                 ("policy", html.escape(str(self.info.get("policy", "–"))))]
-        cells = "".join(f"<span class='cnb-{label.replace('/', '').lower()}' style='margin-right:18px'>"
-                        f"<span style='color:#666'>{label}</span> <b>{value}</b></span>" for label, value in items)
-        return f"<div style='font-family:sans-serif;font-size:14px'>{cells}</div>"
+        """The page's header (:func:`clipper_nb.charts.header.header_html`), with the
+        replicas of this app's models as the view last described them."""
+        models = list(self.model_info.values())
+        return header_html(self.app, {
+            **numbers, "slo_ms": self.info.get("slo_ms", numbers.get("slo_ms")), "policy": self.info.get("policy"),
+            **({"replicas_up": sum(m.get("replicas_up", 0) for m in models),
+                "replicas": sum(m.get("replicas", 0) for m in models), "placement": placement(models)}
+               if models else {}),
+        })
 
     def _set_status(self, text: str, error: bool = False) -> None:
         colour = "#b00020" if error else "#2e7d32"

@@ -26,8 +26,6 @@ This module does no I/O: the handlers (``clipper_nb.frontend.api``) call it.
 
 from __future__ import annotations
 
-import html
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -41,6 +39,7 @@ from bokeh.models import CustomJS, Div
 from bokeh.resources import INLINE
 
 from clipper_nb.charts.figures import PlotSet
+from clipper_nb.charts.header import header_html, placement
 from clipper_nb.charts.series import Cursor, public_replica_name, tick
 
 __all__ = ["PageSpec", "cached_page", "cursors_from_json", "header_html", "page_spec", "remember_page",
@@ -112,9 +111,11 @@ def snapshot_since(cursors: Mapping[str, Cursor] | None) -> float | None:
     return min(c.since for c in cursors.values())  # type: ignore[type-var]
 
 
-def _replicas_up(models: list[str], replicas: list[dict]) -> tuple[int, int]:
+def _replica_numbers(models: list[str], replicas: list[dict]) -> dict[str, Any]:
+    """The header's replica cells of an app serving ``models``."""
     mine = [r for r in replicas if r.get("model") in models]
-    return sum(1 for r in mine if r.get("state") in _UP_STATES), len(mine)
+    return {"replicas_up": sum(1 for r in mine if r.get("state") in _UP_STATES), "replicas": len(mine),
+            "placement": placement(mine)}
 
 
 def ticks(snapshot: Mapping[str, Any], apps: list[dict], replicas: list[dict],
@@ -131,31 +132,10 @@ def ticks(snapshot: Mapping[str, Any], apps: list[dict], replicas: list[dict],
         models = list(info.get("models") or ())
         t = tick(snapshot, name, (cursors or {}).get(name, Cursor()), slo_ms=info.get("slo_ms"), models=models,
                  tz_offset_s=tz_offset_s)
-        up, wanted = _replicas_up(models, replicas)
-        numbers = {**t.numbers, "replicas_up": up, "replicas": wanted, "policy": info.get("policy")}
+        numbers = {**t.numbers, **_replica_numbers(models, replicas), "policy": info.get("policy")}
         out[name] = {"streams": t.streams, "numbers": numbers, "contexts": t.contexts,
                      "header": header_html(name, numbers), "cursor": t.cursor.to_json()}
     return {"now": snapshot.get("now"), "layout": page_spec(apps, replicas).key, "apps": out}
-
-
-def header_html(app: str, numbers: Mapping[str, Any]) -> str:
-    """The header of one app: what :func:`ticks` sends, and the page's first view."""
-
-    def fmt(key: str, spec: str, suffix: str = "", scale: float = 1.0) -> str:
-        v = numbers.get(key)
-        return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v * scale:{spec}}{suffix}"
-
-    policy = numbers.get("policy")
-    values = {"qps": fmt("qps", ".0f"), "p99": fmt("p99_ms", ".2f", " ms"), "slo": fmt("slo_ms", "g", " ms"),
-              "attained": fmt("slo_attainment", ".1f", " %", 100.0),
-              "replicas": f"{numbers['replicas_up']}/{numbers['replicas']}" if "replicas" in numbers else "–",
-              "policy": "–" if policy is None else html.escape(str(policy))}
-    cells = "".join(f"<span class='cnb-{k}' style='margin-right:18px'><span style='color:#666'>{label}</span> "
-                    f"<b>{values[k]}</b></span>"
-                    for k, label in (("qps", "q/s"), ("p99", "p99"), ("slo", "SLO"), ("attained", "attained"),
-                                     ("replicas", "replicas"), ("policy", "policy")))
-    return (f"<div style='font-family:sans-serif;font-size:14px;margin:10px 0 2px 0' data-app='{html.escape(app)}'>"
-            f"<b style='font-size:16px;margin-right:24px'>{html.escape(app)}</b>{cells}</div>")
 
 
 # ---------------------------------------------------------------------- the page
