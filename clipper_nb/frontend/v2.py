@@ -26,6 +26,11 @@ current version serves: another version of the model is a 404 saying which one r
 
 **Tensors.** One input tensor (its name is free; metadata calls it ``input``), datatype
 and shape from the first linked model (an app) or the version: ``[-1, *input_shape]``.
+A ``records`` app or version takes one input tensor per field instead, named after the
+field, ``[N]`` or ``[N, 1]`` each (MLServer's pandas codec; see
+:func:`clipper_nb.wire.v2.to_records`); its metadata lists one BYTES ``[-1]`` input per
+field the model was fitted on (names are recorded at deploy, dtypes are not), or the one
+``input`` when the model's fields are unknown.
 Outputs: ``output``, one row per input row, stacked from the model's outputs (numbers
 -> numeric tensor of their dtype, strings/bytes -> BYTES, anything else -> BYTES of
 JSON text); for an application also ``default``, BOOL ``[N]``.
@@ -170,18 +175,19 @@ class ModelMetadataHandler(V2Mixin):
         if version is None:
             app = _app(engine, name)
             vspec = _first_model_version(engine, app)
-            sig = wire.input_signature(app.input_type, engine.registry.expected_shape(app))
+            inputs = _input_metadata(app.input_type, engine.registry.expected_shape(app))
             outputs = [_output_metadata(seen.get(("app", name)), vspec),
                        {"name": DEFAULT, "datatype": "BOOL", "shape": [-1]}]
             current = engine.models.get(name, {}).get("current_version")
             versions = [current] if current is not None else []
         else:
             vspec, _ = _serving_version(engine, name, version)
-            sig = wire.input_signature(vspec.get("input_type") or "floats", vspec.get("input_shape"))
+            input_type = vspec.get("input_type") or "floats"
+            inputs = _input_metadata(input_type, _shape_of(vspec, input_type))
             outputs = [_output_metadata(seen.get(("model", name, version)), vspec)]
             versions = [version]
         self.write_v2({"name": name, "versions": versions, "platform": PLATFORMS.get(vspec.get("kind"), ""),
-                       "inputs": [{"name": INPUT, "datatype": sig[0], "shape": sig[1]}], "outputs": outputs})
+                       "inputs": inputs, "outputs": outputs})
 
 
 class ModelReadyHandler(V2Mixin):
@@ -257,9 +263,7 @@ class InferHandler(V2Mixin):
         engine, what = self.engine, f"application {name!r}"
         app = _app(engine, name)
         _check_outputs(req, (OUTPUT, DEFAULT), what)
-        tensor = _one_input(req, what)
-        rows = wire.to_rows(tensor, app.input_type, engine.registry.expected_shape(app), what)
-        _check_rows(engine, tensor, len(rows))
+        rows = _rows(engine, req, app.input_type, engine.registry.expected_shape(app), what)
         if app.input_type == "bytes":
             rows = wire.base64_rows(rows)  # what predict_batch decodes
         context = req.parameters.get("context")
@@ -282,9 +286,8 @@ class InferHandler(V2Mixin):
         engine, what = self.engine, f"model {name!r} version {version!r}"
         vspec, running = _serving_version(engine, name, version)
         _check_outputs(req, (OUTPUT,), what)
-        tensor = _one_input(req, what)
-        rows = wire.to_rows(tensor, vspec.get("input_type") or "floats", vspec.get("input_shape"), what)
-        _check_rows(engine, tensor, len(rows))
+        input_type = vspec.get("input_type") or "floats"
+        rows = _rows(engine, req, input_type, _shape_of(vspec, input_type), what)
         slo_ms = _model_slo_ms(engine, name)
         deadline = arrival_of(self.request) + slo_ms / 1000
         futures = [running.submit(x, deadline) for x in rows]
@@ -347,6 +350,19 @@ def _model_slo_ms(engine: Any, name: str) -> float:
     return min(slos) if slos else engine.config.default_slo_ms
 
 
+def _shape_of(vspec: dict, input_type: str) -> list | None:
+    """What one input of a version must look like: its fields for ``records``, else its shape."""
+    return vspec.get("feature_names" if input_type == "records" else "input_shape")
+
+
+def _input_metadata(input_type: str, shape: list | None) -> list[dict]:
+    """The inputs metadata lists: one per field of a ``records`` model whose fields are known."""
+    if input_type == "records" and shape:
+        return [{"name": field, "datatype": "BYTES", "shape": [-1]} for field in shape]
+    datatype, dims = wire.input_signature(input_type, shape)
+    return [{"name": INPUT, "datatype": datatype, "shape": dims}]
+
+
 def _output_metadata(seen: tuple[str, list[int]] | None, vspec: dict) -> dict:
     if seen is None:
         if vspec.get("kind") == "torch":
@@ -359,6 +375,17 @@ def _output_metadata(seen: tuple[str, list[int]] | None, vspec: dict) -> dict:
 
 
 # ====================================================================== checks
+
+
+def _rows(engine: Any, req: wire.InferRequest, input_type: str, shape: list | None, what: str) -> list:
+    """One model input per row: a ``records`` request's tensors are its fields, any other's
+    one tensor is the rows. ``shape``: the model's input shape, or its fields for ``records``."""
+    if input_type == "records":
+        rows = wire.to_records(req.inputs, shape, what)
+    else:
+        rows = wire.to_rows(_one_input(req, what), input_type, shape, what)
+    _check_rows(engine, req.inputs[0], len(rows))
+    return rows
 
 
 def _one_input(req: wire.InferRequest, what: str) -> wire.Tensor:

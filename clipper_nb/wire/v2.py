@@ -21,6 +21,13 @@ numbers -> ``strings``) is a datatype mismatch. ``json`` applications take any
 datatype: numbers and booleans as JSON values, ``BYTES`` elements parsed as JSON text.
 The first dimension of an input is always the batch: one row per query.
 
+A ``records`` application takes one input tensor per field, named after the field
+(MLServer's pandas codec): each of shape ``[N]`` or ``[N, 1]``, the same ``N`` for all,
+numeric (each value a Python number or bool) or ``BYTES`` (UTF-8 text, each value a
+``str``); row ``i`` is the record ``{name: value i of that tensor}``, and its fields are
+checked against the model's as a Clipper ``records`` input is
+(:func:`~clipper_nb.wire.codec.decode_record`).
+
 Every mistake raises :class:`~clipper_nb.errors.BadInput` naming the input and the problem.
 """
 
@@ -37,10 +44,10 @@ import numpy as np
 import orjson
 
 from clipper_nb.errors import BadInput
-from clipper_nb.wire.codec import NUMERIC_TYPES, to_jsonable
+from clipper_nb.wire.codec import NUMERIC_TYPES, decode_record, to_jsonable
 
 __all__ = ["DATATYPES", "HEADER_LENGTH", "InferRequest", "Requested", "Tensor", "base64_rows", "datatype_of",
-           "encode_response", "input_signature", "parse_request", "stack_outputs", "to_rows"]
+           "encode_response", "input_signature", "parse_request", "stack_outputs", "to_records", "to_rows"]
 
 #: The request and response header of the binary tensor extension.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -383,6 +390,41 @@ def _json_row(name: str, element: bytes) -> Any:
         return orjson.loads(element)
     except orjson.JSONDecodeError as e:
         raise BadInput(f"input {name!r}: a BYTES element is not JSON text", str(e)) from None
+
+
+def to_records(tensors: Sequence[Tensor], fields: Sequence[str] | None, what: str) -> list[dict]:
+    """One record (``{field: value}``) per row of a ``records`` request: one tensor per
+    field, named after it. ``fields`` are the model's (``feature_names_in_``) when known;
+    ``what`` names the app or model in errors."""
+    names = [t.name for t in tensors]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BadInput(f"input(s) {', '.join(map(repr, twice))} sent more than once; {what} takes records: "
+                       "one input tensor per field, each named after its field")
+    columns = [_column(t, what) for t in tensors]
+    counts = {len(c) for c in columns}
+    if len(counts) > 1:
+        sizes = ", ".join(f"{t.name!r} has {len(c)}" for t, c in zip(tensors, columns))
+        raise BadInput(f"the inputs of a records request must have the same number of rows: {sizes}",
+                       "row i is the record made of value i of every input")
+    if not columns[0]:
+        raise BadInput(f"input {names[0]!r} has no rows (its first dimension is 0)")
+    rows = [dict(zip(names, values)) for values in zip(*columns)]
+    decode_record(rows[0], fields)  # every row has these fields, each a plain value: one check is all
+    return rows
+
+
+def _column(tensor: Tensor, what: str) -> list:
+    """The values of one field, a Python scalar (or ``str``) per row."""
+    arr = tensor.data
+    if arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[1] != 1):
+        raise BadInput(f"wrong shape: input {tensor.name!r} has shape {list(arr.shape)}, but {what} takes "
+                       "records: one value per row in each field's input, shape [-1] or [-1, 1]",
+                       "send one input tensor per field, named after it, with one value per row")
+    flat = arr.reshape(-1)
+    if tensor.datatype == "BYTES":
+        return [_text(tensor.name, e) for e in flat]
+    return flat.tolist()
 
 
 def base64_rows(rows: list[bytes]) -> list[str]:
