@@ -332,6 +332,7 @@ async def test_a_model_raising_on_poison_fails_only_the_poison(served):
     assert replicas(served.url, "raiser")[0]["restarts"] == 0
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(120)
 async def test_a_model_exiting_on_poison_kills_one_replica_and_answers_the_poison_with_an_error(served):
     served.client().deploy(exits_on_poison, "exiter", app="exiter", slo_ms=3000, replicas=2)
@@ -369,6 +370,7 @@ async def test_empty_and_deeply_nested_inputs_are_refused_with_400_and_stall_no_
     assert replicas(served.url, "plain")[0]["restarts"] == 0
 
 
+@pytest.mark.fault
 @pytest.mark.timeout(120)
 async def test_a_model_hanging_on_one_input_is_replaced_in_about_a_second(served):
     served.client().deploy(hangs_on_poison, "hanger", app="hanger", slo_ms=1000, replicas=2)
@@ -413,6 +415,7 @@ def test_outputs_json_cannot_carry_arrive_in_the_documented_encoding(served):
     assert math.isnan(float("NaN"))  # what a client does with the spelling
 
 
+@pytest.mark.fault
 def test_a_worker_that_ignores_sigterm_does_not_outlive_a_killed_frontend(tmp_path):
     """kill -9 of ``clipper-nb serve``: the fork server's workers get SIGTERM, and one
     that ignores it is killed after a grace period instead of living on."""
@@ -439,6 +442,7 @@ def stubborn(batch):
     return [row[0] for row in batch]
 
 
+@pytest.mark.fault
 async def test_a_stopped_replica_under_load_is_replaced_and_nothing_is_lost(served):
     """SIGSTOP one of two replicas (a frozen process: no crash, no exit, no heartbeat) while
     queries flow: every query gets a prediction or its default, none an error, and the

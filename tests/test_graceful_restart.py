@@ -18,7 +18,7 @@ import pytest
 from conftest import TOKEN, ServeProcess, wait_until, worker_pids
 from clipper_nb.kernel.client import Client
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fault]
 
 
 def slow_double(batch):
