@@ -169,8 +169,8 @@ def _persisted_models(state_dir: str) -> dict[str, dict]:
 
 
 async def test_a_model_change_the_store_refuses_is_not_served(engine):
-    """Deploy, rollback, scale and undeploy answered 503 leave what is served as it is
-    stored: the memory changes only after the disk."""
+    """Deploy (with or without creating an app), rollback, scale and undeploy answered 503
+    leave what is served as it is stored: the memory changes only after the disk."""
     from clipper_nb.wire import artifact
 
     payload, meta = artifact.package(twice)
@@ -182,6 +182,8 @@ async def test_a_model_change_the_store_refuses_is_not_served(engine):
         with pytest.raises(Unavailable):
             await engine.deploy("twice", payload, meta)  # v3 would start, then fail to be stored
         with pytest.raises(Unavailable):
+            await engine.deploy("twice", payload, meta, app="new-app")  # nor create and link an app
+        with pytest.raises(Unavailable):
             await engine.rollback("twice", "1")
         with pytest.raises(Unavailable):
             await engine.scale("twice", 2)
@@ -192,9 +194,10 @@ async def test_a_model_change_the_store_refuses_is_not_served(engine):
         other.close()
     served = engine.describe_model("twice")
     assert (served["version"], served["versions"], served["replicas"]) == ("2", ["1", "2"], 1), served
-    assert engine.describe_app("m")["models"] == ["twice"]
+    assert engine.describe_app("m")["models"] == ["twice"] and "new-app" not in engine.apps
     assert (await engine.predict("m", [4.0]))["output"] == 8.0
     assert _persisted_models(engine.store.state_dir) == stored
+    assert [a["name"] for a in _persisted_apps(engine.store.state_dir)] == ["m"]
     assert len(engine.status()) == 1  # the refused scale's replica was stopped again
 
     await engine.undeploy("twice")  # once the store writes again, so does the engine

@@ -140,17 +140,17 @@ class ModelManager:
             vspec = _version_spec(name, version, meta, input_type)
             # The worker reads the artifact's meta: a records model gets DataFrames.
             await self._db(self.store.write_artifact, name, version, payload, {**meta, "input_type": vspec["input_type"]})
+            target, current = (None, None) if app is None else \
+                self._linked_app(app, name, vspec["input_type"], slo_ms, default_output)
             try:
-                await self._activate(spec, vspec, new_version=True)
+                await self._activate(spec, vspec, new_version=True, app=target)
             except BaseException:
                 with contextlib.suppress(Unavailable):  # the store's trouble is what the caller hears of
                     await self._db(self.store.delete_version, name, version)
                 if not versions:
                     self.registry.versions.pop(name, None)
                 raise
-            created = None
-            if app is not None:
-                created = await self._link_deployed(app, name, vspec["input_type"], slo_ms, default_output)
+            created = None if target is None else self._serve_linked(target, current)
             self.retune([name])
             described = self.describe_model(name)
             if created is not None:  # a typo (app="digit") must not create an app silently
@@ -185,10 +185,10 @@ class ModelManager:
                        backend=backend)
         return options
 
-    async def _link_deployed(self, app_name: str, model: str, input_type: str, slo_ms: float | None,
-                             default_output: Any) -> dict | None:
-        """``deploy(..., app=NAME)``: register the app when missing, set its SLO, link the
-        model; the new app's description when it was created here (else None)."""
+    def _linked_app(self, app_name: str, model: str, input_type: str, slo_ms: float | None,
+                    default_output: Any) -> tuple[App, App | None]:
+        """``deploy(..., app=NAME)``: the app as it will be (registered when missing, its SLO
+        set, the model linked), written with the deploy, and the app as it is (None: new)."""
         current = self.registry.apps.get(app_name)
         if current is None:
             default_slo = self.config.default_slo_ms
@@ -200,25 +200,29 @@ class ModelManager:
                 target.slo_ms = slo_ms  # checked on the way in
         if model not in target.models:
             target.models.append(model)
-        await self._db(self.store.save_app, target.to_json())
-        policy = make_policy(target) if current is None else self.registry.policies[app_name]
+        return target, current
+
+    def _serve_linked(self, target: App, current: App | None) -> dict | None:
+        """Serve the app a deploy wrote; the new app's description when it was created."""
+        policy = make_policy(target) if current is None else self.registry.policies[target.name]
         self.registry.add_app(target, policy)
         if current is None:
-            return {"name": app_name, "slo_ms": target.slo_ms, "policy": target.policy,
+            return {"name": target.name, "slo_ms": target.slo_ms, "policy": target.policy,
                     "input_type": target.input_type}
         return None
 
-    async def _activate(self, spec: dict, vspec: dict, new_version: bool = False) -> None:
+    async def _activate(self, spec: dict, vspec: dict, new_version: bool = False, app: App | None = None) -> None:
         """Start ``vspec``'s replicas, store the model with it current (and ``vspec`` itself
-        when ``new_version``, in the same transaction), then swap it in and stop the old
-        version. Memory changes only once the store has the change: a write that fails
-        stops the new replicas and leaves the old version serving."""
+        when ``new_version``, and ``app`` linking it, in the same transaction), then swap it
+        in and stop the old version. Memory changes only once the store has the change: a
+        write that fails stops the new replicas and leaves the old version serving."""
         name = spec["name"]
         spec = {**spec, "current_version": vspec["version"]}
         version = await self._new_version(spec, vspec)
         try:
             await version.start(spec["replicas"])
-            await self._db(self.store.save_model, spec, vspec if new_version else None)
+            await self._db(self.store.save_model, spec, vspec if new_version else None,
+                           None if app is None else app.to_json())
         except BaseException:
             await version.stop()
             raise

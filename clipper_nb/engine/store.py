@@ -136,10 +136,14 @@ class Store:
     def delete_app(self, name: str) -> None:
         self._write(("DELETE FROM apps WHERE name = ?", (name,)), ("DELETE FROM selection WHERE app = ?", (name,)))
 
-    def save_model(self, spec: dict, version: dict | None = None) -> None:
-        """A model's spec, and with ``version`` that version's spec, in one transaction."""
+    def save_model(self, spec: dict, version: dict | None = None, app: dict | None = None) -> None:
+        """A model's spec, with ``version`` that version's spec and with ``app`` an app's
+        spec (a deploy that links it), in one transaction."""
         model = ("INSERT OR REPLACE INTO models (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec)))
-        self._write(model, *(() if version is None else (_version_row(version),)))
+        extra = [] if version is None else [_version_row(version)]
+        if app is not None:
+            extra.append(("INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (app["name"], json.dumps(app))))
+        self._write(model, *extra)
 
     def save_version(self, spec: dict) -> None:
         self._write(_version_row(spec))
