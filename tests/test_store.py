@@ -66,13 +66,16 @@ def test_a_full_disk_fails_the_write_and_rolls_back_every_statement(store):
     assert len(store.load()["selection"]) == 51
 
 
-def test_an_interrupted_artifact_write_is_removed_and_never_collides_with_a_version(tmp_path):
+def test_an_interrupted_deploy_leaves_no_files_and_never_collides_with_a_version(tmp_path):
     state = str(tmp_path / "state")
     s = Store(state)
     s.write_artifact("m", "1.partial", b"a version that happens to be called 1.partial", {"kind": "callable"})
+    s.save_version({"model": "m", "version": "1.partial", "created": 1.0})
     crashed = os.path.join(state, "models", "m", ".partial-2")
     os.makedirs(crashed)
     open(os.path.join(crashed, "model.pkl"), "wb").close()
+    # written whole, but the server died while its replicas started: never registered
+    s.write_artifact("m", "3", b"never registered", {"kind": "callable"})
     s.close()
     s = Store(state)  # a restart after the crash
     assert sorted(os.listdir(os.path.join(state, "models", "m"))) == ["1.partial"]

@@ -82,7 +82,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self._remove_partial_artifacts()
+        self._remove_unfinished_artifacts()
 
     @property
     def log_dir(self) -> str:
@@ -199,13 +199,15 @@ class Store:
         os.replace(tmp, path)  # a half-written artifact is never loaded
         return path
 
-    def _remove_partial_artifacts(self) -> None:
-        """Artifacts a crash interrupted mid-write."""
+    def _remove_unfinished_artifacts(self) -> None:
+        """Files of deploys a crash interrupted: mid-write (``.partial-*``), or written but
+        never registered (the server died while the version's replicas were starting)."""
         models = os.path.join(self.state_dir, "models")
+        known = {(m, v) for m, v in self._exec("SELECT model, version FROM versions")}
         for model in os.listdir(models):
             folder = os.path.join(models, model)
             for entry in os.listdir(folder) if os.path.isdir(folder) else ():
-                if entry.startswith(_PARTIAL_PREFIX):
+                if entry.startswith(_PARTIAL_PREFIX) or (model, entry) not in known:
                     log.warning("removing an interrupted deploy's files: %s", os.path.join(folder, entry))
                     shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
