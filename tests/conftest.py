@@ -71,6 +71,8 @@ class ServeProcess:
     port: int = 0
     proc: subprocess.Popen | None = None
     log_path: str = ""
+    #: where the server's output goes (default: the state directory)
+    log_dir: str = ""
 
     @property
     def url(self) -> str:
@@ -86,7 +88,7 @@ class ServeProcess:
     def start(self, port: int | None = None) -> "ServeProcess":
         """Start on ``port`` (a free one by default) and wait until every model is back."""
         self.port = port or free_port()
-        self.log_path = os.path.join(self.state_dir, f"serve-{self.port}.log")
+        self.log_path = os.path.join(self.log_dir or self.state_dir, f"serve-{self.port}.log")
         cmd = [sys.executable, "-m", "clipper_nb.cli", "serve", "--port", str(self.port), "--state-dir",
                self.state_dir, "--token", TOKEN, *self.extra_args]
         if self.public_predict:
