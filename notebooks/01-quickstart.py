@@ -16,10 +16,13 @@
 # %load_ext clipper_nb
 import clipper_nb
 
-from _nbhelpers import machine   # _nbhelpers.py, next to the notebooks
+from _nbhelpers import fresh_names, machine   # _nbhelpers.py, next to the notebooks
 
 c = clipper_nb.connect()   # the Jupyter server that started this kernel, else one started here
 print("running on:", machine())
+# The application and model this notebook creates: "quickstart" and "quickstart-clf", or
+# "quickstart-2" ... where the server already has one of those (yours stays untouched).
+APP, MODEL = fresh_names(c, "quickstart", "quickstart-clf").values()
 c
 
 # %% [markdown]
@@ -45,10 +48,10 @@ print(f"test accuracy in the notebook: {clf.score(X_test, y_test):.3f}")
 # links it to the application `quickstart` (created here with a 100 ms SLO: the paper's
 # experiments use 20 ms on a dedicated server; this notebook may share two cores with
 # other work, so we leave headroom). It prints the endpoint and a ready-to-copy `curl`
-# line.
+# line. (IPython fills in `{APP}` and `{MODEL}`, the names chosen above, in a magic's line.)
 
 # %%
-# %clipper deploy clf --name quickstart-clf --app quickstart --slo 100ms
+# %clipper deploy clf --name {MODEL} --app {APP} --slo 100ms
 
 # %% [markdown]
 # ## Query it over HTTP
@@ -61,7 +64,7 @@ print(f"test accuracy in the notebook: {clf.score(X_test, y_test):.3f}")
 # %%
 import requests
 
-answer = requests.post(f"{c.url}/quickstart/predict", json={"input": X_test[0].tolist()},
+answer = requests.post(f"{c.url}/{APP}/predict", json={"input": X_test[0].tolist()},
                        headers=c.headers, timeout=10).json()
 print(answer, "| true label:", y_test[0])
 
@@ -76,7 +79,7 @@ import shlex
 
 query = shlex.quote(json.dumps({"input_batch": X_test[:3].round(3).tolist()}))
 auth = " ".join("-H " + shlex.quote(f"{name}: {value}") for name, value in c.headers.items())
-# !curl -s -X POST {c.url}/quickstart/predict {auth} -H "Content-Type: application/json" -d {query}
+# !curl -s -X POST {c.url}/{APP}/predict {auth} -H "Content-Type: application/json" -d {query}
 
 # %% [markdown]
 # ## Watch it live
@@ -89,7 +92,7 @@ auth = " ".join("-H " + shlex.quote(f"{name}: {value}") for name, value in c.hea
 # %%
 import asyncio
 
-dash = c.dashboard("quickstart", load_inputs=X_test.round(3).tolist())
+dash = c.dashboard(APP, load_inputs=X_test.round(3).tolist())
 dash
 
 # %%
@@ -102,7 +105,7 @@ for run in range(3):            # three short runs: a range, not one number
     light_runs.append(dash.load.last_result)
     print(light_runs[-1].summary_line())
 light_p99 = [r.p99_ms for r in light_runs]
-app_metrics = c.metrics()["apps"]["quickstart"]    # what the dashboard plots: one point per second
+app_metrics = c.metrics()["apps"][APP]    # what the dashboard plots: one point per second
 
 
 # %% [markdown]
@@ -127,16 +130,16 @@ def served_accuracy():
             break
         for start in range(0, len(todo), 30):
             chunk = todo[start:start + 30]
-            for i, answer in zip(chunk, c.predict_batch("quickstart", X_test[chunk])):
+            for i, answer in zip(chunk, c.predict_batch(APP, X_test[chunk])):
                 if not answer["default"]:
                     outputs[i] = answer["output"]
     return float(np.mean([out == label for out, label in zip(outputs, y_test)]))
 
 acc_v1 = served_accuracy()
 weak = LogisticRegression(max_iter=2000).fit(X_train[:60], y_train[:60])
-# %clipper deploy weak --name quickstart-clf --app quickstart
+# %clipper deploy weak --name {MODEL} --app {APP}
 acc_v2 = served_accuracy()
-# %clipper rollback quickstart-clf 1
+# %clipper rollback {MODEL} 1
 acc_rolled_back = served_accuracy()
 print(f"served accuracy: v1 {acc_v1:.3f}, v2 {acc_v2:.3f}, after rollback {acc_rolled_back:.3f}")
 # %clipper models
@@ -241,9 +244,10 @@ exercises.check("2", acc_rolled_back)    # a worked example
 # %% [markdown]
 # ## Clean up
 #
-# Stop the dashboard (it keeps its last picture) and remove what this notebook deployed.
+# Stop the dashboard (it keeps its last picture) and remove what this notebook deployed:
+# its own application and model, by the names it chose at the start.
 
 # %%
 dash.stop()
-# %clipper undeploy quickstart-clf
-c.delete_app("quickstart")
+# %clipper undeploy {MODEL}
+c.delete_app(APP)

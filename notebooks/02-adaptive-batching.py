@@ -33,7 +33,13 @@
 # %load_ext clipper_nb
 import clipper_nb
 
+from _nbhelpers import fresh_names   # _nbhelpers.py, next to the notebooks
+
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
+# Each configuration's model and app, by the names the text uses; where the server already has one
+# of them (yours stays untouched), all get a suffix such as "-2" (and the tables show those names).
+NAMES = fresh_names(c, "sleepy-off", "sleepy-fixed8", "sleepy-aimd", "svm-off", "svm-nodelay", "svm-aimd")
+SLEEPY_OFF, SLEEPY_FIXED8, SLEEPY_AIMD, SVM_OFF, SVM_NODELAY, SVM_AIMD = NAMES.values()
 c
 
 # %%
@@ -95,14 +101,14 @@ SHOW = ["pass", "app", "offered (q/s)", "goodput (rows/s)", "within SLO", "p99 (
 
 # %%
 SLEEPY_SLO_MS = 100
-deploy_variant("sleepy-off", sleepy, SLEEPY_SLO_MS, max_batch_size=1)
-deploy_variant("sleepy-fixed8", sleepy, SLEEPY_SLO_MS, batch_size=8)
-deploy_variant("sleepy-aimd", sleepy, SLEEPY_SLO_MS)
+deploy_variant(SLEEPY_OFF, sleepy, SLEEPY_SLO_MS, max_batch_size=1)
+deploy_variant(SLEEPY_FIXED8, sleepy, SLEEPY_SLO_MS, batch_size=8)
+deploy_variant(SLEEPY_AIMD, sleepy, SLEEPY_SLO_MS)
 SLEEPY_RATES = [100, 200, 400, 800]
-sleepy_runs = sweep(["sleepy-off", "sleepy-fixed8", "sleepy-aimd"], SLEEPY_RATES)
+sleepy_runs = sweep([SLEEPY_OFF, SLEEPY_FIXED8, SLEEPY_AIMD], SLEEPY_RATES)
 sleepy_peaks = peak_goodputs(sleepy_runs)
-aimd_vs_off_sleepy = list(sleepy_peaks["sleepy-aimd"] / sleepy_peaks["sleepy-off"].clip(lower=1))
-fixed_vs_off_sleepy = list(sleepy_peaks["sleepy-fixed8"] / sleepy_peaks["sleepy-off"].clip(lower=1))
+aimd_vs_off_sleepy = list(sleepy_peaks[SLEEPY_AIMD] / sleepy_peaks[SLEEPY_OFF].clip(lower=1))
+fixed_vs_off_sleepy = list(sleepy_peaks[SLEEPY_FIXED8] / sleepy_peaks[SLEEPY_OFF].clip(lower=1))
 fig, ax = figure(7, 3.2)
 plot_passes(ax, sleepy_runs, SLEEPY_RATES, f"10 ms-per-call model, SLO {SLEEPY_SLO_MS} ms, open loop (3 passes)")
 show_static(fig)
@@ -151,16 +157,16 @@ def linear_svm(batch):
 assert (linear_svm(X / 16) == svm.predict(X / 16)).all()
 rows = (X / 16).round(4).tolist()
 SVM_SLO_MS = 20
-deploy_variant("svm-off", linear_svm, SVM_SLO_MS, max_batch_size=1)
-deploy_variant("svm-nodelay", linear_svm, SVM_SLO_MS, batch_delay_ms=0)
-deploy_variant("svm-aimd", linear_svm, SVM_SLO_MS)   # the default: AIMD and a 2 ms batch delay
+deploy_variant(SVM_OFF, linear_svm, SVM_SLO_MS, max_batch_size=1)
+deploy_variant(SVM_NODELAY, linear_svm, SVM_SLO_MS, batch_delay_ms=0)
+deploy_variant(SVM_AIMD, linear_svm, SVM_SLO_MS)   # the default: AIMD and a 2 ms batch delay
 SVM_RATES = [300, 600, 900, 1300, 1900]
-svm_runs = sweep(["svm-off", "svm-nodelay", "svm-aimd"], SVM_RATES)
+svm_runs = sweep([SVM_OFF, SVM_NODELAY, SVM_AIMD], SVM_RATES)
 svm_peaks = peak_goodputs(svm_runs)
 svm_peak_rates = svm_runs.loc[svm_runs.groupby(["app", "pass"])["goodput (rows/s)"].idxmax()].pivot_table(
     index="pass", columns="app", values="offered (q/s)")
-aimd_vs_off_svm = list(svm_peaks["svm-aimd"] / svm_peaks["svm-off"].clip(lower=1))
-delay_vs_none = list(svm_peaks["svm-aimd"] / svm_peaks["svm-nodelay"].clip(lower=1))
+aimd_vs_off_svm = list(svm_peaks[SVM_AIMD] / svm_peaks[SVM_OFF].clip(lower=1))
+delay_vs_none = list(svm_peaks[SVM_AIMD] / svm_peaks[SVM_NODELAY].clip(lower=1))
 fig, ax = figure(7, 3.2)
 plot_passes(ax, svm_runs, SVM_RATES, f"linear SVM, SLO {SVM_SLO_MS} ms, open loop (3 passes)")
 show_static(fig)
@@ -182,8 +188,8 @@ svm_peaks.assign(**{"AIMD / off": np.round(aimd_vs_off_svm, 2), "2 ms delay / no
 
 # %%
 procs = lesson.processes(c)
-sat_rate = float(svm_peak_rates["svm-nodelay"].median())
-saturation = [lesson.run_open(app, sat_rate, 1.0, procs) for app in ["svm-nodelay", "svm-aimd"]]
+sat_rate = float(svm_peak_rates[SVM_NODELAY].median())
+saturation = [lesson.run_open(app, sat_rate, 1.0, procs) for app in [SVM_NODELAY, SVM_AIMD]]
 time.sleep(1.1)
 lesson.attach_batches(c, saturation)
 at_sat = pd.DataFrame(saturation).set_index("app")
@@ -191,7 +197,7 @@ display(at_sat[["offered (q/s)", "goodput (rows/s)", "within SLO", "p99 (ms)", "
                 "frontend busy (% of a core)", "machine busy (cores)"]])
 
 frontend_ms = float(at_sat["frontend CPU ms/q"].median())
-off_peak = float(svm_peaks["svm-off"].median())
+off_peak = float(svm_peaks[SVM_OFF].median())
 frontend_ceiling = 1000 / frontend_ms
 why = pd.Series({
     "batching off: peak goodput (rows/s, median of 3 passes)": round(off_peak),
@@ -200,10 +206,10 @@ why = pd.Series({
     "most batching can gain here: ceiling / batching off (x)": round(frontend_ceiling / max(1, off_peak), 1),
     "AIMD / batching off, peak goodput (x, median of 3 passes)": round(float(np.median(aimd_vs_off_svm)), 1),
     "frontend busy at saturation (% of one core), no delay / 2 ms delay":
-        f"{at_sat.loc['svm-nodelay', 'frontend busy (% of a core)']:.0f} / "
-        f"{at_sat.loc['svm-aimd', 'frontend busy (% of a core)']:.0f}",
+        f"{at_sat.loc[SVM_NODELAY, 'frontend busy (% of a core)']:.0f} / "
+        f"{at_sat.loc[SVM_AIMD, 'frontend busy (% of a core)']:.0f}",
     "mean batch at saturation, no delay / 2 ms delay":
-        f"{at_sat.loc['svm-nodelay', 'mean batch']} / {at_sat.loc['svm-aimd', 'mean batch']}",
+        f"{at_sat.loc[SVM_NODELAY, 'mean batch']} / {at_sat.loc[SVM_AIMD, 'mean batch']}",
 }, name="linear SVM, SLO 20 ms")
 why.to_frame()
 
@@ -260,7 +266,7 @@ cpu
 from IPython.utils.capture import capture_output
 
 closed = {}
-for app in ["svm-nodelay", "svm-aimd"]:
+for app in [SVM_NODELAY, SVM_AIMD]:
     with capture_output():
         r = lesson.clipper_load(app, "--concurrency 16 --duration 0.6s --input rows")   # %clipper load {app} ... --wait
     closed[app] = {"clients": 16, "mean latency (ms)": round(r.mean_ms, 2), "measured (q/s)": round(r.qps),
@@ -338,7 +344,7 @@ print(f"settled cap: {lesson.settled_cap(caps[:150]):.0f} (optimal {best_100}) a
 from clipper_nb.widgets import SLOTuner
 
 rows = np.random.default_rng(2).random((1024, 64)).round(3).tolist()
-tuner = SLOTuner("sleepy-aimd", client=c)
+tuner = SLOTuner(SLEEPY_AIMD, client=c)
 tuner
 
 
@@ -346,13 +352,13 @@ tuner
 def batch_cap(model):
     return int(c.status().set_index("model").loc[model, "batch_cap"])
 
-# %clipper load sleepy-aimd --concurrency 4 --batch-size 16 --duration 5s --input rows
+# %clipper load {SLEEPY_AIMD} --concurrency 4 --batch-size 16 --duration 5s --input rows
 await asyncio.sleep(2)        # the kernel is free meanwhile: the tuner's plots update
-cap_at_100ms = batch_cap("sleepy-aimd")
+cap_at_100ms = batch_cap(SLEEPY_AIMD)
 tuner.slo.value = 25
 await tuner.settle()
 await asyncio.sleep(2)
-cap_at_25ms = batch_cap("sleepy-aimd")
+cap_at_25ms = batch_cap(SLEEPY_AIMD)
 print(f"batch cap: {cap_at_100ms} at a 100 ms SLO, {cap_at_25ms} at 25 ms")
 
 
@@ -378,7 +384,7 @@ print(f"batch cap: {cap_at_100ms} at a 100 ms SLO, {cap_at_25ms} at 25 ms")
 await asyncio.sleep(2.2)    # the background load has ended; its last seconds are complete
 fig, axes = figure(10, 3.2, ncols=2)
 ax1, ax2 = axes[0]
-for model in ["sleepy-off", "sleepy-fixed8", "sleepy-aimd"]:
+for model in [SLEEPY_OFF, SLEEPY_FIXED8, SLEEPY_AIMD]:
     pts = np.array(lesson.batch_points(c, model) or [(np.nan, np.nan)])
     ax1.plot(pts[:, 0], pts[:, 1], "o", ms=4, alpha=0.7, label=model)
 n = np.arange(1, 81)
@@ -389,7 +395,7 @@ for slo, colour in [(100, "firebrick"), (25, "darkorange")]:
 ax1.set(xlabel="mean batch size in a second (rows)", ylabel="mean batch latency (ms)", ylim=(0, 55),
         title="sleepy: latency grows with the batch")
 ax1.legend(fontsize=7)
-for model in ["svm-off", "svm-nodelay", "svm-aimd"]:
+for model in [SVM_OFF, SVM_NODELAY, SVM_AIMD]:
     pts = np.array(lesson.batch_points(c, model) or [(np.nan, np.nan)])
     ax2.plot(pts[:, 0], pts[:, 1], "o", ms=4, alpha=0.7, label=model)
 ax2.axhline(objective_for_slo(SVM_SLO_MS / 1000, 0.002) * 1000, color="firebrick", ls="--",
@@ -408,8 +414,8 @@ show_static(fig)
 
 # %%
 MACHINE = machine()
-svm_nodelay_peak = at_sat.loc["svm-nodelay"]
-svm_delay_peak = at_sat.loc["svm-aimd"]
+svm_nodelay_peak = at_sat.loc[SVM_NODELAY]
+svm_delay_peak = at_sat.loc[SVM_AIMD]
 open_loop = f"open loop, Poisson single-row queries, goodput per row, 0.4 s runs on {MACHINE}"
 summary = summary_table(
     ours={
@@ -418,8 +424,8 @@ summary = summary_table(
         "mean batch at saturation, no delay / 2 ms delay": f"{svm_nodelay_peak['mean batch']:.1f} / "
                                                           f"{svm_delay_peak['mean batch']:.1f}",
         "CPU per query, AIMD: frontend + load generator / worker (ms)":
-            f"{at_sat.loc['svm-aimd', 'frontend CPU ms/q'] + at_sat.loc['svm-aimd', 'load generator CPU ms/q']:.2f}"
-            f" ms / {at_sat.loc['svm-aimd', 'worker CPU ms/q']:.2f} ms",
+            f"{at_sat.loc[SVM_AIMD, 'frontend CPU ms/q'] + at_sat.loc[SVM_AIMD, 'load generator CPU ms/q']:.2f}"
+            f" ms / {at_sat.loc[SVM_AIMD, 'worker CPU ms/q']:.2f} ms",
         "AIMD vs no batching, 10 ms-per-call model, per row (×)": spread(aimd_vs_off_sleepy, "{:.1f}", "x"),
         "fixed batch of 8 vs no batching, 10 ms-per-call model, per row (×)": spread(fixed_vs_off_sleepy,
                                                                                       "{:.1f}", "x"),
@@ -439,9 +445,9 @@ summary = summary_table(
     setup={
         "AIMD vs no batching, linear SVM: peak goodput (×)":
             "same SLO (20 ms) and quantity (throughput at saturation: peak goodput over a sweep of 300, "
-            f"600, 900, 1300, 1900 q/s, 3 passes), median peaks at {svm_peak_rates['svm-off'].median():.0f} (off) "
-            f"and {svm_peak_rates['svm-aimd'].median():.0f} q/s (AIMD"
-            f"{', the top of the sweep' if svm_peak_rates['svm-aimd'].median() >= max(SVM_RATES) else ''}); "
+            f"600, 900, 1300, 1900 q/s, 3 passes), median peaks at {svm_peak_rates[SVM_OFF].median():.0f} (off) "
+            f"and {svm_peak_rates[SVM_AIMD].median():.0f} q/s (AIMD"
+            f"{', the top of the sweep' if svm_peak_rates[SVM_AIMD].median() >= max(SVM_RATES) else ''}); "
             f"{open_loop}; a single-threaded "
             "Python frontend, the load generator and the worker share the cores; the frontend's CPU per "
             f"query ({frontend_ms:.2f} ms, one core: {frontend_ceiling:.0f} q/s) bounds the gain at "
@@ -477,7 +483,7 @@ summary
 from _nbhelpers import Exercises
 
 exercises = Exercises()
-delay_closed = closed.loc["svm-aimd"]
+delay_closed = closed.loc[SVM_AIMD]
 exercises.add(
     "1", f"Little's law. 16 closed-loop clients saw a mean latency of {delay_closed['mean latency (ms)']} ms "
          "on `svm-aimd` (the table above). What throughput (q/s) must they have measured?",
@@ -518,6 +524,6 @@ exercises.check("3", 1 / 0.0102)   # a worked example: the arithmetic answer
 
 # %%
 tuner.stop()
-for name in ["sleepy-off", "sleepy-fixed8", "sleepy-aimd", "svm-off", "svm-nodelay", "svm-aimd"]:
+for name in NAMES.values():   # only what this notebook created
     c.undeploy(name)
     c.delete_app(name)

@@ -20,10 +20,13 @@
 # %%
 # %load_ext clipper_nb
 import clipper_nb
-from _nbhelpers import machine
+from _nbhelpers import fresh_names, machine
 
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
 print("measured on:", machine())
+# The apps and models this notebook creates keep the names the text uses where the server has none of
+# them; else they get a suffix such as "-2" (an app or model of yours stays untouched).
+SCORES, SCORER, SLOW, VERY_SLOW = fresh_names(c, "scores", "scorer", "slow", "very_slow").values()
 c
 
 # %%
@@ -61,7 +64,7 @@ def scorer(batch):
     time.sleep(0.010 + 0.0001 * len(batch))
     return [float(sum(row)) for row in batch]
 
-# %clipper deploy scorer --app scores --slo 100ms
+# %clipper deploy scorer --name {SCORER} --app {SCORES} --slo 100ms
 
 rng = np.random.default_rng(0)
 pool = rng.random((2000, 16)).round(4)
@@ -72,13 +75,13 @@ print(f"{len(set(ranks))} distinct inputs among {len(ranks)} queries")
 
 # %%
 def cache_counts():
-    return model_metrics("scorer")["cache"]
+    return model_metrics(SCORER)["cache"]
 
 cache_table = {}
 for cache_on in (True, False):
-    c.update_app("scores", cache=cache_on)
+    c.update_app(SCORES, cache=cache_on)
     before = cache_counts()
-    r = clipper_load("scores", "--concurrency 4 --batch-size 16 --duration 2s --input zipf_rows")
+    r = clipper_load(SCORES, "--concurrency 4 --batch-size 16 --duration 2s --input zipf_rows")
     after = cache_counts()
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     cache_table["cache on" if cache_on else "cache off"] = {
@@ -216,7 +219,7 @@ show_static(fig)
 # the model computed each time.
 
 # %%
-# %%clipper deploy --app slow --slo 5s
+# %%clipper deploy --name {VERY_SLOW} --app {SLOW} --slo 5s
 def very_slow(batch):
     import time
     time.sleep(0.5)
@@ -227,14 +230,14 @@ def very_slow(batch):
 def burst(inputs):
     """Send every input at once, one thread (and connection) each."""
     with ThreadPoolExecutor(len(inputs)) as pool:
-        return list(pool.map(lambda x: clipper_nb.connect().predict("slow", x), inputs))
+        return list(pool.map(lambda x: clipper_nb.connect().predict(SLOW, x), inputs))
 
 burst([[0.5, 0.5]])                      # warm up: the worker's first call
-rows_before = model_rows("very_slow")
+rows_before = model_rows(VERY_SLOW)
 same = burst([[1.0, 2.0]] * 16)
-rows_same = model_rows("very_slow") - rows_before
+rows_same = model_rows(VERY_SLOW) - rows_before
 distinct = burst([[float(i), 3.0] for i in range(16)])
-rows_distinct = model_rows("very_slow") - rows_before - rows_same
+rows_distinct = model_rows(VERY_SLOW) - rows_before - rows_same
 print(f"16 identical queries: {rows_same} row(s) computed; 16 distinct queries: {rows_distinct} rows")
 
 
@@ -270,8 +273,8 @@ COSTS_MS, IN_FLIGHT, N_FEEDBACK, ROUNDS = (0, 0.1, 0.4), 16, 120, 4
 fb_rng = np.random.default_rng(4)
 feedback_runs = []
 for cost in COSTS_MS:
-    app = f"feedback-{cost:g}ms".replace(".", "_")
-    experts = [f"expert{k}-{app}" for k in range(4)]
+    base = f"feedback-{cost:g}ms".replace(".", "_")
+    app, *experts = fresh_names(c, base, *[f"expert{k}-{base}" for k in range(4)]).values()
     c.register_app(app, slo_ms=1000, policy="exp4")
     for name in experts:
         c.deploy(make_expert(cost / 1000), name, app=app)
@@ -475,7 +478,7 @@ exercises.check("3", "b")      # a worked example
 # ## Clean up
 
 # %%
-for model in ["scorer", "very_slow"]:
+for model in [SCORER, VERY_SLOW]:     # only what this notebook created
     c.undeploy(model)
-for app in ["scores", "slow"]:
+for app in [SCORES, SLOW]:
     c.delete_app(app)

@@ -38,10 +38,17 @@
 # %load_ext clipper_nb
 import clipper_nb
 
-from _nbhelpers import machine
+from _nbhelpers import fresh_names, machine
 
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
 print("measured on:", machine())
+# The apps and models this notebook creates, by the names the text uses (m0 ... m4, logreg ...).
+# Where the server already has one of them (yours stays untouched), all get a suffix such as
+# "m0-2" on the server, and the tables still say m0: NAMES maps a name of the text to the
+# server's, LABEL back.
+NAMES = fresh_names(c, *[f"m{i}" for i in range(5)], "logreg", "knn", "tree", "nbayes", "svm",
+                    "fig8-exp4", "fig8-exp3", "cost-exp3", "cost-exp4", "agreement-sklearn", "agreement")
+LABEL = {name: label for label, name in NAMES.items()}
 c
 
 # %%
@@ -80,8 +87,9 @@ ERRORS = [0.10, 0.20, 0.25, 0.30, 0.35]
 classifiers = [Classifier(i, ERRORS[i], BROKEN if i == 0 else None) for i in range(5)]
 models = [f"m{i}" for i in range(5)]
 for name, classifier in zip(models, classifiers):
-    c.deploy(classifier, name)
-c.models()[["name", "version", "kind", "replicas_up"]]
+    c.deploy(classifier, NAMES[name])
+listed = c.models()
+listed[listed["name"].isin(NAMES.values())][["name", "version", "kind", "replicas_up"]]
 
 # %% [markdown]
 # These five models are **synthetic**: each one's mistakes are drawn independently of
@@ -110,10 +118,11 @@ pd.DataFrame({policy: {name: spec["default"] for name, spec in make_policy(polic
 
 # %%
 options = dict(eta=0.3, log_weight_floor=-5.0)
-c.register_app("fig8-exp4", policy="exp4", models=models, slo_ms=5000, **options)
-c.register_app("fig8-exp3", policy="exp3", models=models, slo_ms=5000, **options)   # gamma: default 0.1
+served = [NAMES[m] for m in models]   # m0 ... m4 as the server names them
+c.register_app(NAMES["fig8-exp4"], policy="exp4", models=served, slo_ms=5000, **options)
+c.register_app(NAMES["fig8-exp3"], policy="exp3", models=served, slo_ms=5000, **options)   # gamma: default 0.1
 queries = [[float(q)] for q in range(N)]
-_ = c.predict_batch("fig8-exp4", queries)
+_ = c.predict_batch(NAMES["fig8-exp4"], queries)
 
 # %% [markdown]
 # `WeightsView` plots the policy's weights as feedback arrives. The loop runs in a
@@ -122,7 +131,7 @@ _ = c.predict_batch("fig8-exp4", queries)
 # %%
 from clipper_nb.widgets import WeightsView
 
-weights_view = WeightsView("fig8-exp4", client=c)
+weights_view = WeightsView(NAMES["fig8-exp4"], client=c)
 weights_view
 
 
@@ -140,17 +149,18 @@ def replay(app):
     for q in range(N):
         try:
             answer = client.predict(app, queries[q])
-            failed, answered_by = answer["default"], ",".join(answer.get("models_used", []))
+            failed, answered_by = answer["default"], ",".join(LABEL[m] for m in answer.get("models_used", []))
         except ModelError:
             answer, failed, answered_by = None, True, "m0 (crashed)"   # only m0 crashes
         fb = client.feedback(app, queries[q], true_label(q))
         steps.append({"q": q, "failed": failed, "wrong": failed or answer["output"] != true_label(q),
                       "answered by": answered_by,
-                      **{f"{m} wrong": fb["losses"].get(m) for m in models}, "weight m0": fb["weights"]["m0"]})
+                      **{f"{m} wrong": fb["losses"].get(NAMES[m]) for m in models},
+                      "weight m0": fb["weights"][NAMES["m0"]]})
     return pd.DataFrame(steps).set_index("q")
 
-exp4, exp3 = await asyncio.gather(asyncio.to_thread(replay, "fig8-exp4"),
-                                  asyncio.to_thread(replay, "fig8-exp3"))
+exp4, exp3 = await asyncio.gather(asyncio.to_thread(replay, NAMES["fig8-exp4"]),
+                                  asyncio.to_thread(replay, NAMES["fig8-exp3"]))
 
 # %%
 from bokeh.io import output_notebook, show
@@ -389,8 +399,9 @@ sk_models = {"logreg": make_pipeline(StandardScaler(), LogisticRegression(max_it
              "knn": KNeighborsClassifier(5), "tree": DecisionTreeClassifier(random_state=0),
              "nbayes": GaussianNB(), "svm": SVC()}
 for name, estimator in sk_models.items():
-    c.deploy(estimator.fit(X_train, y_train), name)
+    c.deploy(estimator.fit(X_train, y_train), NAMES[name])
 sk_names = list(sk_models)
+sk_served = [NAMES[name] for name in sk_names]
 pd.Series({name: round(float((estimator.predict(X_test) != y_test).mean()), 3) for name, estimator in sk_models.items()},
           name=f"error on the {len(y_test)} query images").to_frame()
 
@@ -401,9 +412,9 @@ pd.Series({name: round(float((estimator.predict(X_test) != y_test).mean()), 3) f
 # number of model evaluations per query is the `models_used` each answer reports.
 
 # %%
-cost_apps = {"Exp3": "cost-exp3", "Exp4": "cost-exp4"}
+cost_apps = {"Exp3": NAMES["cost-exp3"], "Exp4": NAMES["cost-exp4"]}
 for policy, app in cost_apps.items():
-    c.register_app(app, policy=policy.lower(), models=sk_names, slo_ms=5000, cache=False)
+    c.register_app(app, policy=policy.lower(), models=sk_served, slo_ms=5000, cache=False)
 for i in range(5):   # warm-up: first requests pay for connections and imports
     for app in cost_apps.values():
         c.predict(app, X_test[-1 - i].tolist())
@@ -417,7 +428,7 @@ for run in range(RUNS):
             start = time.perf_counter()
             answer = c.predict(app, x)
             cost_runs.append({"run": run, "policy": policy, "ms": (time.perf_counter() - start) * 1e3,
-                              "evaluations": len(answer["models_used"]), "answered by": ",".join(answer["models_used"])})
+                              "evaluations": len(answer["models_used"]), "answered by": ",".join(LABEL[m] for m in answer["models_used"])})
 cost_runs = pd.DataFrame(cost_runs)
 per_run = cost_runs.groupby(["policy", "run"]).agg(
     p50=("ms", lambda v: np.percentile(v, 50)), p99=("ms", lambda v: np.percentile(v, 99)),
@@ -488,8 +499,8 @@ def agreement_errors(table, frame):
             "3 or fewer": (table.loc[few, "error"] * table.loc[few, "queries"]).sum() / table.loc[few, "queries"].sum(),
             "overall": frame["wrong"].mean(), "share where all 5 agree": table.loc[5, "share of queries"]}
 
-c.register_app("agreement-sklearn", policy="exp4", models=sk_names, slo_ms=10000, eta=0.001)
-real_answers = c.predict_batch("agreement-sklearn", X_test.tolist())
+c.register_app(NAMES["agreement-sklearn"], policy="exp4", models=sk_served, slo_ms=10000, eta=0.001)
+real_answers = c.predict_batch(NAMES["agreement-sklearn"], X_test.tolist())
 real_table, real_frame = by_agreement(real_answers, y_test)
 real_table
 
@@ -497,9 +508,9 @@ real_table
 # Then the synthetic models of the Fig. 8 run, on 2,000 fresh inputs (m0 healthy there):
 
 # %%
-c.register_app("agreement", policy="exp4", models=models, slo_ms=5000, eta=0.001)
+c.register_app(NAMES["agreement"], policy="exp4", models=served, slo_ms=5000, eta=0.001)
 fresh = list(range(N, N + 2000))
-synthetic_answers = c.predict_batch("agreement", [[float(q)] for q in fresh])
+synthetic_answers = c.predict_batch(NAMES["agreement"], [[float(q)] for q in fresh])
 synthetic_table, synthetic_frame = by_agreement(synthetic_answers, [true_label(q) for q in fresh])
 agreement = pd.DataFrame({"5 scikit-learn classifiers (digits)": agreement_errors(real_table, real_frame),
                           "5 synthetic models (independent errors)": agreement_errors(synthetic_table, synthetic_frame)}).round(3)
@@ -701,7 +712,8 @@ _ = exercises.check("2", recovery([w["m0"] for w in worked["weights"]], BROKEN)[
 # ## Clean up
 
 # %%
-for app in ["fig8-exp4", "fig8-exp3", "agreement", "agreement-sklearn", *cost_apps.values()]:
-    c.delete_app(app)
+# Only what this notebook created, by the names it chose at the start.
+for app in ["fig8-exp4", "fig8-exp3", "agreement", "agreement-sklearn", "cost-exp3", "cost-exp4"]:
+    c.delete_app(NAMES[app])
 for name in models + sk_names:
-    c.undeploy(name)
+    c.undeploy(NAMES[name])

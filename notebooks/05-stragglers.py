@@ -28,7 +28,14 @@
 # %load_ext clipper_nb
 import clipper_nb
 
+from _nbhelpers import fresh_names
+
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
+# The apps and models this notebook creates (member-0 ... member-15, alone-0 ..., ensemble-...) keep
+# those names where the server has none of them; else all get a suffix such as "-2" (an app or model
+# of yours stays untouched). NAMES maps the text's name to the server's.
+NAMES = fresh_names(c, *[f"member-{i}" for i in range(16)], *[f"alone-{r}" for r in range(3)],
+                    *[f"ensemble-{k}-{mode}" for k in (2, 4, 8, 16) for mode in ("mitigates", "waits")])
 c
 
 # %%
@@ -138,7 +145,7 @@ for i in range(16):
         est = [LogisticRegression(max_iter=300), GaussianNB(), NearestCentroid()][i % 3].fit(X_train[:, cols], y_train)
     kind, params = export(est)
     assert (scores(kind, params, X_query[:, cols]).argmax(1) == est.predict(X_query[:, cols])).all()
-    names.append(f"member-{i}")
+    names.append(NAMES[f"member-{i}"])
     members[names[-1]] = (type(est).__name__, kind, params, cols)
 
 for name, (_, kind, params, cols) in members.items():
@@ -191,11 +198,11 @@ SLO_MS, DEADLINE_MS, CLIENTS, RUN_S, RUNS, SIZES = 20, 15, 2, 0.7, 3, [2, 4, 8, 
 
 apps = {}
 for r in range(RUNS):
-    apps[("alone", r)] = f"alone-{r}"
-    c.register_app(f"alone-{r}", models=[names[r]], slo_ms=1000, cache=False)
+    apps[("alone", r)] = NAMES[f"alone-{r}"]
+    c.register_app(apps[("alone", r)], models=[names[r]], slo_ms=1000, cache=False)
 for k in SIZES:
     for mitigate in (True, False):
-        apps[(k, mitigate)] = f"ensemble-{k}-{'mitigates' if mitigate else 'waits'}"
+        apps[(k, mitigate)] = NAMES[f"ensemble-{k}-{'mitigates' if mitigate else 'waits'}"]
         c.register_app(apps[(k, mitigate)], policy="exp4", models=names[:k], slo_ms=DEADLINE_MS,
                        cache=False, straggler_mitigation=mitigate)
 

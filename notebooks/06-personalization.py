@@ -21,10 +21,15 @@
 # %load_ext clipper_nb
 import clipper_nb
 
-from _nbhelpers import machine
+from _nbhelpers import fresh_names, machine
 
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
 print("measured on:", machine())
+# The models and apps this notebook creates (dialect-0 ... dialect-2, speech-global-0 ...) keep those
+# names where the server has none of them; else all get a suffix such as "-2" (an app or model of
+# yours stays untouched). NAMES maps the text's name to the server's.
+NAMES = fresh_names(c, *[f"dialect-{g}" for g in range(3)],
+                    *[f"speech-{kind}-{rep}" for kind in ("global", "personal") for rep in range(3)])
 c
 
 # %%
@@ -51,13 +56,13 @@ class DialectExpert:
             out.append((true_label(q) + 1 + int(rng.integers(9))) % 10 if wrong else true_label(q))
         return out
 
-experts = [f"dialect-{g}" for g in range(3)]
+experts = [NAMES[f"dialect-{g}"] for g in range(3)]
 dialect_experts = [DialectExpert(g) for g in range(3)]
 for name, expert in zip(experts, dialect_experts):
     c.deploy(expert, name)
 USERS = {"ana": 0, "bo": 1, "chen": 2}     # user -> dialect group
 REPS, ROUNDS, ETA = 3, 60, 0.3
-APPS = {(kind, rep): f"speech-{kind}-{rep}" for kind in ("global", "personal") for rep in range(REPS)}
+APPS = {(kind, rep): NAMES[f"speech-{kind}-{rep}"] for kind in ("global", "personal") for rep in range(REPS)}
 for app in APPS.values():
     c.register_app(app, policy="exp4", models=experts, slo_ms=5000, eta=ETA)
 

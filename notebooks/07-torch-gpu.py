@@ -22,10 +22,14 @@
 # %load_ext clipper_nb
 import clipper_nb
 
-from _nbhelpers import machine
+from _nbhelpers import fresh_names, machine
 
 c = clipper_nb.connect()   # finds the Jupyter server that started this kernel: no URL, no token to type
 print("measured on:", machine())
+# Each configuration's model and app (mlp-nobatch, mlp-fixed16, mlp-aimd, mlp-aimd-more) keeps that
+# name where the server has none of them; else all get a suffix such as "-2" (an app or model of
+# yours stays untouched). NAMES maps the text's name to the server's.
+NAMES = fresh_names(c, "mlp-nobatch", "mlp-fixed16", "mlp-aimd", "mlp-aimd-more")
 c
 
 # %%
@@ -91,10 +95,10 @@ class Classifier(torch.nn.Module):
 
 model = Classifier(net).eval()
 rows = X.round(4).tolist()
-CONFIGS = {"batching off, 1 replica": ("mlp-nobatch", dict(max_batch_size=1)),
-           "fixed batch of 16, 1 replica": ("mlp-fixed16", dict(batch_size=16)),
-           "AIMD, 1 replica": ("mlp-aimd", {}),
-           f"AIMD, {REPLICAS} replicas": ("mlp-aimd-more", {})}
+CONFIGS = {"batching off, 1 replica": (NAMES["mlp-nobatch"], dict(max_batch_size=1)),
+           "fixed batch of 16, 1 replica": (NAMES["mlp-fixed16"], dict(batch_size=16)),
+           "AIMD, 1 replica": (NAMES["mlp-aimd"], {}),
+           f"AIMD, {REPLICAS} replicas": (NAMES["mlp-aimd-more"], {})}
 for name, batching in CONFIGS.values():
     c.register_app(name, slo_ms=100, cache=False)
     c.deploy(model, name, app=name, device="auto", **batching)
@@ -104,11 +108,14 @@ for name, batching in CONFIGS.values():
 # without GPUs; one per GPU, up to 4, on a machine with several.
 
 # %%
-# %clipper scale mlp-aimd-more {REPLICAS}
+MORE_APP = NAMES["mlp-aimd-more"]
+# %clipper scale {MORE_APP} {REPLICAS}
 MORE = f"AIMD, {REPLICAS} replicas"
-device = ", ".join(sorted(set(c.status()["device"])))
+status = c.status()
+status = status[status["model"].isin(NAMES.values())]   # this notebook's replicas only
+device = ", ".join(sorted(set(status["device"])))
 print("the replicas run on:", device)
-c.status()[["model", "replica", "state", "device", "batch_cap"]]
+status[["model", "replica", "state", "device", "batch_cap"]]
 
 
 # %% [markdown]

@@ -38,6 +38,33 @@ def summary_table(ours: Mapping[str, Any], paper: Mapping[str, str], setup: Mapp
     return pd.DataFrame(dtype=object, data=data)
 
 
+def fresh_names(client: Any, *bases: str) -> dict[str, str]:
+    """Names for the applications and models a notebook creates, that nothing on the server has yet.
+
+    The server the kernel finds may be a user's own, with their apps and models on it:
+    deploying under a name that exists adds a version to *their* model, linking joins
+    *their* app, and a notebook's clean-up would delete them. So a notebook names what it
+    creates with this, and removes only those names.
+
+    Returns ``{base: name}`` in the order given. Every name gets the same suffix: none when
+    all the bases are free (as an application or as a model), else the first of ``-2``,
+    ``-3``, ... that frees them all (then one line says so). Call it once, before creating
+    anything; ``APP, MODEL = fresh_names(c, "quickstart", "quickstart-clf").values()``.
+    """
+    if len(set(bases)) != len(bases):
+        raise ValueError(f"fresh_names() of repeated names: {bases}")
+    taken = {str(name) for name in client.apps()["name"]} | {str(name) for name in client.models()["name"]}
+    suffix, k = "", 1
+    while any(base + suffix in taken for base in bases):
+        k += 1
+        suffix = f"-{k}"
+    if suffix:
+        clash = ", ".join(base for base in bases if base in taken)
+        print(f"{clash}: already on this server (not this notebook's): this notebook's apps and models "
+              f"get the suffix {suffix!r} and leave those alone")
+    return {base: base + suffix for base in bases}
+
+
 def clipper_load(app: str, options: str) -> Any:
     """``%clipper load APP OPTIONS --wait`` for a function or a loop; returns the LoadResult.
 
