@@ -320,3 +320,58 @@ async def test_a_replica_whose_queries_another_took_during_its_delay_waits_again
     clock.t = 1.0  # d alone, long after the others: no delay
     q.put(QueuedQuery("d", loop.create_future(), 10.0))
     assert xs(await asyncio.wait_for(waiting, 1)) == ["d"]
+
+
+# ---- BatchQueue: do the callers of a batch come back? ------------------------------------
+
+
+def answered_then(q: BatchQueue, clock: Clock, loop, n: int, back: list[float]) -> None:
+    """A batch of ``n`` is answered at ``clock.t``; queries arrive ``back`` seconds after."""
+    start = clock.t
+    q.answered(n)
+    for dt in back:
+        clock.t = start + dt
+        q.put(QueuedQuery("r", loop.create_future(), 100.0))
+    q.drain()
+
+
+def ask_with_delay(q: BatchQueue, loop, delay_s: float) -> None:
+    """What a replica does before each cut: ask when to dispatch, with its delay."""
+    q.put(QueuedQuery("first", loop.create_future(), 100.0))
+    q.next_dispatch(q.clock(), 64, delay_s, 0.0)
+    q.drain()
+
+
+def test_callers_that_come_back_within_the_delay_keep_the_wait_for_them(loop):
+    clock = Clock(0.0)  # 0.002 - 0.0 is exactly the delay (1.002 - 1.0 is not, in binary)
+    q = BatchQueue(clock=clock)
+    assert q.callers_return == 1.0
+    ask_with_delay(q, loop, 0.002)  # the replicas' delay: 2 ms
+    answered_then(q, clock, loop, 4, [0.001, 0.0015, 0.002, 0.002])  # all four, the last exactly at the delay
+    clock.t += 1.0
+    answered_then(q, clock, loop, 2, [])
+    assert q.callers_return == 1.0  # 1 + 0.2 x (4/4 - 1)
+
+
+def test_an_open_loops_arrivals_wear_the_wait_down_by_a_fifth_per_batch(loop):
+    clock = Clock(1.0)
+    q = BatchQueue(clock=clock)
+    ask_with_delay(q, loop, 0.002)
+    answered_then(q, clock, loop, 4, [0.001, 0.0021, 0.003])  # one of four within the delay
+    clock.t += 1.0
+    answered_then(q, clock, loop, 8, [0.0005] * 10)  # more than the batch: counts as all (capped at 1)
+    assert q.callers_return == pytest.approx(1.0 + 0.2 * (0.25 - 1.0))  # 0.85
+    clock.t += 1.0
+    answered_then(q, clock, loop, 1, [])
+    assert q.callers_return == pytest.approx(0.85 + 0.2 * (1.0 - 0.85))  # 0.88
+
+
+def test_below_one_half_returning_callers_are_not_waited_for(loop):
+    clock = Clock(10.0)
+    q = BatchQueue(clock=clock)
+    q.put(QueuedQuery("a", loop.create_future(), 100.0))
+    q.answered(3)  # three callers expected back: a lone "a" would wait for them
+    q.callers_return = 0.5
+    assert q.next_dispatch(clock.t, 64, 0.002, 0.0) == pytest.approx(10.002)
+    q.callers_return = 0.4999
+    assert q.next_dispatch(clock.t, 64, 0.002, 0.0) == 10.0  # no rate, no returning callers: at once
