@@ -223,3 +223,21 @@ def pids_with(marker: str, needle: str) -> list[int]:
 
 def wait_gone(pids: list[int], timeout: float = 30) -> None:
     wait_until(lambda: not any(process_alive(p) for p in pids), timeout=timeout, message=f"processes {pids} to exit")
+
+
+def plain_kernel_folder(tmp_path, monkeypatch) -> str:
+    """A folder for a notebook run in a plain kernel (nbclient), holding copies of the
+    notebooks' helper modules (``notebooks/_*.py``), with the kernel's runtime and IPython
+    directories private to the test. Returns the folder."""
+    import re
+    import shutil
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    notebooks = os.path.join(REPO, "notebooks")
+    for helper in os.listdir(notebooks):
+        if re.fullmatch(r"_[a-z0-9_]+\.py", helper):
+            shutil.copy(os.path.join(notebooks, helper), folder)
+    return str(folder)

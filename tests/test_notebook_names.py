@@ -16,14 +16,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
-import shutil
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from _jupyter_fixtures import REPO
+from _jupyter_fixtures import REPO, plain_kernel_folder
 from conftest import TOKEN, ServeProcess, wait_until, worker_pids
 from test_notebooks import _PROBE
 
@@ -86,13 +84,7 @@ def test_notebook_leaves_the_users_objects_alone(user_server, tmp_path, monkeypa
     monkeypatch.delenv("CLIPPER_NB_JUPYTER_INFO", raising=False)
     monkeypatch.setenv("CLIPPER_NB_URL", user_server.url)
     monkeypatch.setenv("CLIPPER_NB_TOKEN", TOKEN)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    for helper in os.listdir(NOTEBOOKS_DIR):
-        if re.fullmatch(r"_[a-z0-9_]+\.py", helper):
-            shutil.copy(os.path.join(NOTEBOOKS_DIR, helper), folder)
+    folder = plain_kernel_folder(tmp_path, monkeypatch)
     before = _snapshot(user_server)
     assert set(before["apps"]) == set(USER_APPS) and set(before["models"]) == set(USER_MODELS), before
     assert before["models"]["m0"]["versions"] == ["1", "2"], before["models"]["m0"]

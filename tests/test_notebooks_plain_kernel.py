@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from _jupyter_fixtures import REPO, pids_with
+from _jupyter_fixtures import REPO, pids_with, plain_kernel_folder
 from conftest import wait_until
 
 NOTEBOOKS_DIR = os.path.join(REPO, "notebooks")
@@ -32,13 +31,7 @@ STARTED = re.compile(r"^clipper-nb: no server found; started one at (http://127\
 def test_notebook_runs_in_a_plain_kernel_with_no_server(tmp_path, monkeypatch, name):
     for var in ("CLIPPER_NB_URL", "CLIPPER_NB_TOKEN", "CLIPPER_NB_JUPYTER_INFO"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    for helper in os.listdir(NOTEBOOKS_DIR):
-        if re.fullmatch(r"_[a-z0-9_]+\.py", helper):
-            shutil.copy(os.path.join(NOTEBOOKS_DIR, helper), folder)
+    folder = plain_kernel_folder(tmp_path, monkeypatch)
     nb = nbformat.read(os.path.join(NOTEBOOKS_DIR, f"{name}.ipynb"), as_version=4)
     NotebookClient(nb, timeout=150, kernel_name="python3", resources={"metadata": {"path": str(folder)}}).execute()
 
