@@ -112,19 +112,14 @@ class _Mutator(ast.NodeTransformer):
         return node
 
     # -- the mutations --------------------------------------------------------------
-    def visit_BinOp(self, node):
+    def visit_BinOp(self, node):  # and ``x op= y``: the same operators
         self.generic_visit(node)
-        new = _BINOPS.get(type(node.op))
-        if new and self._site(node, f"{type(node.op).__name__} -> {new.__name__}"):
+        new, eq = _BINOPS.get(type(node.op)), "=" if isinstance(node, ast.AugAssign) else ""
+        if new and self._site(node, f"{type(node.op).__name__}{eq} -> {new.__name__}{eq}"):
             node.op = new()
         return node
 
-    def visit_AugAssign(self, node):
-        self.generic_visit(node)
-        new = _BINOPS.get(type(node.op))
-        if new and self._site(node, f"{type(node.op).__name__}= -> {new.__name__}="):
-            node.op = new()
-        return node
+    visit_AugAssign = visit_BinOp
 
     def visit_Compare(self, node):
         self.generic_visit(node)

@@ -23,6 +23,7 @@ import signal
 import tempfile
 
 import pytest
+from _jupyter_fixtures import process_alive
 from conftest import ServeProcess, wait_until, worker_pids
 from test_ray_backend import HAS_RAY, needs_ray, row_sums
 
@@ -140,14 +141,6 @@ def processes_below(root: int) -> dict[int, str]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 # ---------------------------------------------------------------- auto
 
 
@@ -262,12 +255,12 @@ def test_an_empty_address_starts_a_local_ray_and_ends_it_with_the_server(ray_clu
         assert any("gcs_server" in c for c in commands) and any("/raylet" in c for c in commands), commands
         assert any("ReplicaActor" in c or "default_worker.py" in c for c in commands), commands
         server.stop()  # SIGTERM: the server ends the Ray it started
-        wait_until(lambda: not [p for p in ours if alive(p)], timeout=30,
+        wait_until(lambda: not [p for p in ours if process_alive(p)], timeout=30,
                    message="the server's local Ray to end with it")
     finally:
         stop_all(server)
         for pid in ours:  # only the processes this test's server started
-            if alive(pid):
+            if process_alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -131,7 +131,7 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def save_app(self, spec: dict) -> None:
-        self._write(("INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec))))
+        self._write(_app_row(spec))
 
     def delete_app(self, name: str) -> None:
         self._write(("DELETE FROM apps WHERE name = ?", (name,)), ("DELETE FROM selection WHERE app = ?", (name,)))
@@ -142,7 +142,7 @@ class Store:
         model = ("INSERT OR REPLACE INTO models (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec)))
         extra = [] if version is None else [_version_row(version)]
         if app is not None:
-            extra.append(("INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (app["name"], json.dumps(app))))
+            extra.append(_app_row(app))
         self._write(model, *extra)
 
     def save_version(self, spec: dict) -> None:
@@ -156,8 +156,7 @@ class Store:
         """A model, its versions and artifacts; ``apps``: the specs of the apps it leaves,
         saved in the same transaction."""
         self._write(("DELETE FROM models WHERE name = ?", (name,)), ("DELETE FROM versions WHERE model = ?", (name,)),
-                    *(("INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (a["name"], json.dumps(a)))
-                      for a in apps))
+                    *map(_app_row, apps))
         shutil.rmtree(os.path.join(self.state_dir, "models", name), ignore_errors=True)
 
     def save_selection(self, rows: list[tuple[str, str, dict]]) -> None:
@@ -244,6 +243,10 @@ def _tighten(root: str) -> None:
                     os.chmod(path, mode)
             except OSError as e:  # not ours, or gone meanwhile: say so, keep going
                 log.warning("cannot make %s private: %s", path, e)
+
+
+def _app_row(spec: dict) -> tuple[str, tuple]:
+    return "INSERT OR REPLACE INTO apps (name, spec) VALUES (?, ?)", (spec["name"], json.dumps(spec))
 
 
 def _version_row(spec: dict) -> tuple[str, tuple]:
